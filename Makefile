@@ -1,0 +1,36 @@
+# The two commands a user needs: `make demo` and `make test`. Both install what is
+# missing first (scripts/setup.sh), so they work on a fresh Debian machine with Rust.
+CARGO ?= cargo
+KILN := target/debug/kiln
+
+.PHONY: setup build demo test test-rust check-cuda bench docs clean-runs
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --bins
+
+# The quick-start job: 2 data-parallel ranks under mpirun, live progress,
+# checkpoints and report in runs/quickstart/.
+demo: build
+	rm -rf runs/quickstart
+	$(KILN) run examples/quickstart.toml --ranks 2
+
+test: setup
+	$(CARGO) build --workspace --bins --tests
+	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) check-cuda
+
+# GPU code paths must keep compiling on machines without a GPU.
+check-cuda:
+	$(CARGO) check --workspace --features cuda
+
+bench: build
+	bash bench/run-all.sh
+
+docs:
+	mdbook build docs
+
+clean-runs:
+	rm -rf runs

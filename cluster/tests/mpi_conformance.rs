@@ -1,0 +1,37 @@
+//! The conformance suite on the MPI backend, with real `mpirun` ranks (2 and 3,
+//! oversubscribed on small machines).
+//!
+//! The launcher test re-runs this test binary under `mpirun`, selecting only
+//! `rank_entry_point`, which does the work when `KILN_TEST_MPI_RANK` is set.
+
+use kiln_cluster::comm::MpiComm;
+use kiln_cluster::launch::mpirun;
+
+#[test]
+fn conformance_under_mpirun_with_2_and_3_ranks() {
+    let exe = std::env::current_exe().expect("test binary path");
+    for np in [2, 3] {
+        let out = mpirun(np, &exe)
+            .args(["--exact", "rank_entry_point", "--nocapture", "--test-threads", "1"])
+            .env("KILN_TEST_MPI_RANK", "1")
+            .output()
+            .expect("mpirun must be installed (scripts/setup.sh)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{np} ranks failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        let ok = stdout.matches("CONFORMANCE-OK").count();
+        assert_eq!(ok, np, "every rank must report success\nstdout:\n{stdout}");
+    }
+}
+
+#[test]
+fn rank_entry_point() {
+    if std::env::var("KILN_TEST_MPI_RANK").is_err() {
+        return; // only does work as a rank under mpirun (see the launcher test above)
+    }
+    let comm = MpiComm::init().expect("MPI init");
+    match kiln_cluster::conformance::run(&comm, tch::Device::Cpu) {
+        Ok(passed) => println!("CONFORMANCE-OK rank {} passed {} checks", kiln_cluster::Communicator::rank(&comm), passed.len()),
+        Err(f) => panic!("{f}"),
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything kiln needs on a Debian machine with Rust. Idempotent and
+# quick when already done. Run from anywhere; `make demo` and `make test` call it.
+#
+#  - Debian: Open MPI (mpirun + headers), libclang (rsmpi's bindgen), pkg-config,
+#    a TTF font for report plots.
+#  - .venv/ with the torch wheel pinned to the version tch 0.26 expects; the
+#    .venv/libtorch link is what .cargo/config.toml points LIBTORCH and the rpath at.
+#  - .tools/bin/s3s-fs: a real S3-protocol server for the checkpoint tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0
+S3S_FS_VERSION=0.14.1
+
+say() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+for pkg in openmpi-bin libopenmpi-dev libclang-dev pkg-config fonts-dejavu-core; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  say "creating .venv with torch==$TORCH_VERSION (a large download, once)"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+ln -sfn "$torch_dir" .venv/libtorch
+
+if [ ! -x .tools/bin/s3s-fs ]; then
+  say "building the s3s-fs S3 server $S3S_FS_VERSION into .tools/ (once)"
+  cargo install --quiet --locked --root .tools "s3s-fs@$S3S_FS_VERSION" --features binary
+fi
+say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, s3s-fs $S3S_FS_VERSION"

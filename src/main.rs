@@ -1,0 +1,98 @@
+//! `kiln`: the command line of the kiln distributed training framework.
+//!
+//! This crate is the CLI only: it parses commands, holds the algorithm registry
+//! (which algorithm crates are linked in), launches ranks (`mpirun`) for
+//! `kiln run`, and renders reports and benchmarks. Training itself happens in
+//! `kiln-worker`; collectives and storage in `kiln-cluster`.
+
+mod bench;
+mod registry;
+mod report;
+mod run;
+mod worker_cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Distributed training for research reproductions")]
+struct Cli {
+    /// Log format on stderr (levels from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a job on this machine: N ranks under mpirun, live progress, report at the end.
+    Run(run::RunArgs),
+    /// Run one rank of a job (started by `kiln run`, mpirun or srun; not for direct use).
+    #[command(hide = true)]
+    Worker(worker_cmd::WorkerArgs),
+    /// Turn a run directory into PNG learning curves and summary.md.
+    Report {
+        /// The run directory (runs/<name>).
+        run_dir: PathBuf,
+    },
+    /// List the algorithms this build can train.
+    Algorithms,
+    /// Benchmarks (not tests): all-reduce bandwidth, checkpoint throughput.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let format = match std::env::var("KILN_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => cli.log_format,
+    };
+    init_tracing(format);
+    let code = match dispatch(cli.command, format) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
+    match command {
+        Command::Run(args) => run::run(args, format),
+        Command::Worker(args) => worker_cmd::worker(args),
+        Command::Report { run_dir } => {
+            let out = report::render(&run_dir)?;
+            println!("wrote {}", out.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+            Ok(0)
+        }
+        Command::Algorithms => {
+            for e in registry::entries() {
+                println!("{:<24} {}", e.name, e.summary);
+            }
+            Ok(0)
+        }
+        Command::Bench(b) => bench::bench(b),
+    }
+}

@@ -1,0 +1,55 @@
+//! `kiln worker`: one rank of a job.
+
+use crate::registry;
+use anyhow::{Context, Result};
+use clap::Args;
+use kiln_cluster::launch::EXIT_PREEMPTED;
+use kiln_worker::bootstrap::bootstrap;
+use kiln_worker::signals::StopFlag;
+use kiln_worker::train_loop::{train, Outcome, RunConfig};
+use kiln_worker::BuildContext;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// The job spec.
+    pub spec: PathBuf,
+    /// Local directory for metrics and the summary.
+    #[arg(long)]
+    pub run_dir: PathBuf,
+    /// Continue from the newest committed checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Mirror progress to stdout as `@kiln {json}` lines.
+    #[arg(long)]
+    pub progress: bool,
+}
+
+pub fn worker(args: WorkerArgs) -> Result<i32> {
+    let stop = StopFlag::install().context("installing signal handlers")?;
+    let (spec, entry) = registry::load_spec(&args.spec)?;
+    let rank = bootstrap(&spec.train.device).context("starting the rank")?;
+    let ctx = BuildContext {
+        device: rank.device,
+        seed: spec.train.seed,
+        global_batch: spec.train.global_batch,
+        rank: rank.topology.rank,
+        world_size: rank.comm.world_size(),
+        micro_steps: spec.train.micro_steps,
+    };
+    let mut algo = (entry.build)(&spec.algorithm_config(), &ctx).context("building the algorithm")?;
+    let cfg = RunConfig { spec: &spec, run_dir: args.run_dir.clone(), resume: args.resume, progress: args.progress };
+    match train(&rank, algo.as_mut(), &cfg, &stop) {
+        Ok(Outcome::Completed { step, .. }) => {
+            tracing::info!(step, "run complete");
+            Ok(0)
+        }
+        Ok(Outcome::Preempted { step }) => {
+            if rank.topology.rank == 0 {
+                eprintln!("stopped at step {step}; checkpoint committed. Resume with: kiln run {} --resume", args.spec.display());
+            }
+            Ok(EXIT_PREEMPTED)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("rank {} failed", rank.topology.rank))),
+    }
+}

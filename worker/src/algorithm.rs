@@ -1,0 +1,58 @@
+//! The [`Algorithm`] trait: what an algorithm crate implements so the training
+//! loop can drive it.
+//!
+//! The loop owns the optimizer, gradient sync, clipping, checkpoints and metrics;
+//! an algorithm owns its model, data and evaluation. Its parameters must be listed
+//! in the same order on every rank, and its batches must be a pure function of
+//! (seed, step, micro-step, rank, world) so that a resumed run and an N-rank run
+//! see exactly the data an uninterrupted 1-rank run would.
+
+use crate::error::WorkerError;
+use kiln_cluster::Communicator;
+use std::collections::BTreeMap;
+use tch::{Device, Tensor};
+
+/// Where one call happens.
+pub struct StepContext<'a> {
+    /// Optimizer step being computed (0-based).
+    pub step: u64,
+    /// Micro-batch within the step (gradient accumulation), 0-based.
+    pub micro_step: usize,
+    pub micro_steps: usize,
+    pub rank: usize,
+    pub world_size: usize,
+    pub device: Device,
+    pub seed: u64,
+    /// For algorithms whose evaluation gathers results across ranks.
+    pub comm: &'a dyn Communicator,
+}
+
+/// What a training micro-step reports.
+#[derive(Debug, Clone, Default)]
+pub struct StepOutput {
+    /// The loss that was back-propagated (mean over this rank's micro-batch).
+    pub loss: f64,
+    /// Samples this rank processed.
+    pub samples: usize,
+    /// Other scalars to log (averaged over ranks by the loop).
+    pub scalars: BTreeMap<String, f64>,
+}
+
+pub trait Algorithm {
+    /// Registry name, e.g. "recsys.mmoe".
+    fn name(&self) -> &str;
+
+    /// Trainable parameters, by name, in a rank-independent order.
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+
+    /// Computes this rank's loss for one micro-batch and calls `backward` on it
+    /// (gradients accumulate; the loop zeroes them between steps).
+    fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError>;
+
+    /// Evaluates on held-out data. All ranks call it together and must return the
+    /// same numbers (gather across ranks through `ctx.comm` if the work is sharded).
+    fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError>;
+
+    /// Global samples per optimizer step, for throughput.
+    fn global_batch(&self) -> usize;
+}

@@ -1,0 +1,74 @@
+//! Rank start-up: which communicator, how many threads, which device.
+
+use crate::error::WorkerError;
+use kiln_cluster::comm::{MpiComm, SingleComm};
+use kiln_cluster::{Communicator, Topology};
+use tch::Device;
+
+/// A started rank.
+pub struct Rank {
+    pub topology: Topology,
+    pub comm: Box<dyn Communicator>,
+    pub device: Device,
+    pub threads: usize,
+}
+
+/// Reads the topology from the launcher's environment, initialises MPI when the
+/// rank was started by `mpirun`/`srun`, shares the host's cores among co-located
+/// ranks, and picks the device (`cpu`, `cuda`, or `auto`).
+pub fn bootstrap(device_pref: &str) -> Result<Rank, WorkerError> {
+    let topology = Topology::from_env();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = topology.intra_op_threads(cores);
+    tch::set_num_threads(threads as i32);
+
+    let cuda = tch::Cuda::is_available();
+    let device = match device_pref {
+        "cpu" => Device::Cpu,
+        "cuda" if !cuda => {
+            return Err(WorkerError::Spec(
+                "train.device = \"cuda\" but libtorch sees no GPU on this node; use \"cpu\" or \"auto\"".into(),
+            ))
+        }
+        "cuda" | "auto" if cuda => Device::Cuda(topology.local_rank % tch::Cuda::device_count().max(1) as usize),
+        _ => Device::Cpu,
+    };
+
+    let host: Box<dyn Communicator> = if topology.launched_by_mpi() {
+        Box::new(MpiComm::init()?)
+    } else {
+        Box::new(SingleComm)
+    };
+    let comm = match device {
+        Device::Cuda(i) => gpu_comm(host, i)?,
+        _ => host,
+    };
+    tracing::info!(
+        rank = topology.rank,
+        world = topology.world_size,
+        local_rank = topology.local_rank,
+        backend = comm.backend(),
+        ?device,
+        threads,
+        "rank started"
+    );
+    Ok(Rank { topology, comm, device, threads })
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_comm(host: Box<dyn Communicator>, gpu: usize) -> Result<Box<dyn Communicator>, WorkerError> {
+    if host.world_size() == 1 {
+        return Ok(host);
+    }
+    Ok(Box::new(kiln_cluster::comm::NcclComm::new(host, gpu)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_comm(host: Box<dyn Communicator>, _gpu: usize) -> Result<Box<dyn Communicator>, WorkerError> {
+    if host.world_size() == 1 {
+        return Ok(host);
+    }
+    Err(WorkerError::Spec(
+        "this kiln was built without the `cuda` feature, so GPU ranks cannot all-reduce; rebuild with `cargo build --release --features cuda` or set train.device = \"cpu\"".into(),
+    ))
+}

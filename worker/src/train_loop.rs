@@ -1,0 +1,314 @@
+//! The training loop every rank runs: train / eval / checkpoint / metrics cadence,
+//! gradient sync and accumulation, clipping, schedules, agreed stops and exact
+//! resume.
+//!
+//! Every decision that changes which collectives run next (stop, error, resume
+//! point) is agreed by all ranks first, so a problem on one rank becomes a clean
+//! error on all of them instead of a hang.
+
+use crate::algorithm::{Algorithm, StepContext};
+use crate::bootstrap::Rank;
+use crate::error::WorkerError;
+use crate::fault;
+use crate::metrics::MetricsWriter;
+use crate::optim::{clip_grad_norm, Optimizer};
+use crate::schedule::lr_at;
+use crate::signals::StopFlag;
+use crate::spec::JobSpec;
+use kiln_cluster::checkpoint::{decode_tensors, encode_tensors, CheckpointStore, PendingSave, SaveMeta, Shard};
+use kiln_cluster::ddp::{broadcast_parameters, define_grad, GradSync};
+use kiln_cluster::{Communicator, ReduceOp};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::Tensor;
+
+/// How a run is started.
+pub struct RunConfig<'a> {
+    pub spec: &'a JobSpec,
+    /// Local directory for metrics and the summary (`runs/<name>` by default).
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    /// Mirror progress to stdout for `kiln run`'s bar.
+    pub progress: bool,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All steps done; final checkpoint committed.
+    Completed { step: u64, eval: BTreeMap<String, f64> },
+    /// A stop was requested; a checkpoint of `step` is committed and the run can resume.
+    Preempted { step: u64 },
+}
+
+/// Agrees on a per-rank result: if any rank failed, all return an error (the
+/// failing rank its own, the others a note naming the failure elsewhere).
+fn agree<T>(comm: &dyn Communicator, local: Result<T, WorkerError>) -> Result<T, WorkerError> {
+    let failed = comm.any(local.is_err())?;
+    match local {
+        Err(e) => Err(e),
+        Ok(_) if failed => Err(WorkerError::Spec("another rank failed at the same point; see its error above".into())),
+        Ok(v) => Ok(v),
+    }
+}
+
+/// A 64-bit mix of the seed, step and rank for libtorch's RNG, so any randomness in
+/// a step is a function of where the step is, not of what ran before it.
+fn step_seed(seed: u64, step: u64, rank: usize) -> i64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+struct Checkpointer<'a> {
+    store: CheckpointStore,
+    spec: &'a JobSpec,
+    world: usize,
+    pending: Option<PendingSave>,
+    last_saved: Option<u64>,
+}
+
+impl Checkpointer<'_> {
+    /// Rank 0 snapshots to host memory and uploads (in the background when the spec
+    /// says so). At most one upload is in flight: the previous one is finished, and
+    /// old checkpoints pruned, first.
+    fn save(&mut self, rank: usize, step: u64, params: &[(String, Tensor)], opt: &Optimizer, wait: bool) -> Result<(), WorkerError> {
+        if self.last_saved == Some(step) {
+            return if wait { self.finish() } else { Ok(()) };
+        }
+        self.last_saved = Some(step);
+        if rank != 0 {
+            return Ok(());
+        }
+        self.finish()?;
+        let state = json!({ "step": step, "seed": self.spec.train.seed, "world_size": self.world, "samples_seen": step * self.spec.train.global_batch as u64 });
+        let shards = vec![
+            Shard { name: "model.safetensors".into(), data: encode_tensors(params)? },
+            Shard { name: "optimizer.safetensors".into(), data: encode_tensors(&opt.state_tensors())? },
+            Shard { name: "state.json".into(), data: state.to_string().into_bytes().into() },
+        ];
+        let meta = SaveMeta { step, world_size: self.world, spec_hash: self.spec.hash() };
+        if self.spec.checkpoint.async_upload && !wait {
+            self.pending = Some(self.store.save_async(meta, shards));
+        } else {
+            self.store.save(meta, shards)?;
+            self.store.retain(self.spec.checkpoint.keep)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the upload in flight, then applies retention.
+    fn finish(&mut self) -> Result<(), WorkerError> {
+        if let Some(p) = self.pending.take() {
+            p.wait()?;
+            self.store.retain(self.spec.checkpoint.keep)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the job on this rank until it completes or is stopped.
+pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &StopFlag) -> Result<Outcome, WorkerError> {
+    let spec = cfg.spec;
+    let comm = rank.comm.as_ref();
+    let (me, world) = (comm.rank(), comm.world_size());
+    spec.check_world(world).map_err(WorkerError::Spec)?;
+    let total = spec.train.steps;
+    let micro_steps = spec.train.micro_steps;
+
+    let mut metrics = agree(comm, MetricsWriter::open(&cfg.run_dir, me, cfg.progress))?;
+
+    // The store must work before any training happens.
+    let store = agree(comm, CheckpointStore::open(&spec.checkpoint.store, &spec.name).map_err(WorkerError::from))?;
+    agree(comm, if me == 0 { store.check_writable().map_err(WorkerError::from) } else { Ok(()) })?;
+
+    let named = algo.parameters();
+    let mut params: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
+    for p in &params {
+        define_grad(p)?;
+    }
+    broadcast_parameters(comm, &mut params)?;
+    let sync = GradSync::new(&params, (spec.train.bucket_mb * 1024.0 * 1024.0) as usize);
+    let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.clone());
+
+    // Resume point, agreed by all ranks.
+    let (start, corrupt) = agree(comm, resume_point(&store, spec, cfg.resume, (me, world), &named, &mut opt))?;
+    // Once every rank has read its resume point, corrupt newer commits are set aside
+    // (kept as COMMIT.corrupt) so this run can commit those steps again.
+    comm.barrier()?;
+    if me == 0 {
+        for step in corrupt {
+            store.quarantine(step)?;
+        }
+    }
+    let mut ckpt = Checkpointer { store, spec, world, pending: None, last_saved: Some(start).filter(|&s| s > 0) };
+    metrics.event(json!({ "event": "start", "steps": total, "start_step": start, "world": world, "backend": comm.backend() }));
+    tracing::info!(start_step = start, total, world, "training");
+
+    let mut window_loss = 0.0f64;
+    let mut window_micro = 0usize;
+    let mut window_start = Instant::now();
+    let mut window_steps = 0u64;
+    let mut last_eval = BTreeMap::new();
+    let mut grad_norm = f64::NAN;
+
+    for step in start..total {
+        opt.zero_grad();
+        for micro in 0..micro_steps {
+            tch::manual_seed(step_seed(spec.train.seed, step * micro_steps as u64 + micro as u64, me));
+            let ctx = StepContext {
+                step,
+                micro_step: micro,
+                micro_steps,
+                rank: me,
+                world_size: world,
+                device: rank.device,
+                seed: spec.train.seed,
+                comm,
+            };
+            let out = algo.train_step(&ctx)?;
+            window_loss += out.loss;
+            window_micro += 1;
+        }
+        // Accumulated micro-batch gradients are sums of means: make them one mean.
+        if micro_steps > 1 {
+            let _g = tch::no_grad_guard();
+            for p in &params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(1.0 / micro_steps as f64);
+                }
+            }
+        }
+        sync.sync(comm, &params)?;
+        if let Some(max) = spec.train.clip_grad_norm {
+            grad_norm = clip_grad_norm(&params, max);
+        }
+        let lr = lr_at(&spec.train.schedule, spec.train.optimizer.lr(), step, total);
+        opt.step(lr);
+        let done = step + 1;
+        window_steps += 1;
+
+        if done % spec.train.log_every == 0 || done == total {
+            let mut t = Tensor::from_slice(&[window_loss, window_micro as f64]);
+            comm.all_reduce(&mut t, ReduceOp::Sum)?;
+            let v = Vec::<f64>::try_from(&t)?;
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let mut s = BTreeMap::new();
+            s.insert("loss".into(), v[0] / v[1].max(1.0));
+            s.insert("lr".into(), lr);
+            s.insert("samples_per_s".into(), (window_steps as f64 * algo.global_batch() as f64) / secs);
+            s.insert("steps".into(), total as f64);
+            if spec.train.clip_grad_norm.is_some() {
+                s.insert("grad_norm".into(), grad_norm);
+            }
+            metrics.record("train", done, &s)?;
+            window_loss = 0.0;
+            window_micro = 0;
+            window_steps = 0;
+            window_start = Instant::now();
+        }
+
+        if (spec.train.eval_every > 0 && done % spec.train.eval_every == 0) || done == total {
+            let _g = tch::no_grad_guard();
+            let ctx = StepContext { step, micro_step: 0, micro_steps, rank: me, world_size: world, device: rank.device, seed: spec.train.seed, comm };
+            last_eval = algo.evaluate(&ctx)?;
+            metrics.record("eval", done, &last_eval)?;
+        }
+
+        if spec.checkpoint.every > 0 && done % spec.checkpoint.every == 0 && done < total {
+            ckpt.save(me, done, &named, &opt, false)?;
+            metrics.event(json!({ "event": "checkpoint", "step": done }));
+        }
+
+        fault::after_step(me, done, stop);
+        if comm.any(stop.raised())? && done < total {
+            tracing::warn!(step = done, "stop requested: checkpointing and exiting");
+            ckpt.save(me, done, &named, &opt, true)?;
+            comm.barrier()?;
+            metrics.event(json!({ "event": "stopped", "step": done }));
+            return Ok(Outcome::Preempted { step: done });
+        }
+    }
+
+    ckpt.save(me, total, &named, &opt, true)?;
+    comm.barrier()?;
+    if me == 0 {
+        write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s())?;
+    }
+    metrics.event(json!({ "event": "done", "step": total }));
+    Ok(Outcome::Completed { step: total, eval: last_eval })
+}
+
+/// Where to start: 0 for a fresh run, the newest verified commit for `--resume`.
+fn resume_point(
+    store: &CheckpointStore,
+    spec: &JobSpec,
+    resume: bool,
+    (me, world): (usize, usize),
+    named: &[(String, Tensor)],
+    opt: &mut Optimizer,
+) -> Result<(u64, Vec<u64>), WorkerError> {
+    let loaded = store.load_latest()?;
+    let store_desc = format!("{}/{}", spec.checkpoint.store, spec.name);
+    let Some(loaded) = loaded else {
+        return if resume {
+            Err(WorkerError::NothingToResume { run: spec.name.clone(), store: store_desc })
+        } else {
+            Ok((0, vec![]))
+        };
+    };
+    let step = loaded.manifest.step;
+    if !resume {
+        return Err(WorkerError::RunExists { run: spec.name.clone(), store: store_desc, step });
+    }
+    for (skipped, why) in &loaded.skipped {
+        tracing::warn!(step = skipped, reason = %why, "skipped a corrupt checkpoint");
+        if me == 0 {
+            eprintln!("warning: checkpoint step {skipped} is corrupt ({why}); resuming from step {step} instead");
+        }
+    }
+    if loaded.manifest.world_size != world {
+        return Err(WorkerError::WorldMismatch { step, ckpt_world: loaded.manifest.world_size, world });
+    }
+    if loaded.manifest.spec_hash != spec.hash() {
+        tracing::warn!(step, "the job spec changed since this checkpoint was written");
+    }
+    let bad = |reason: String| WorkerError::BadCheckpoint { step, reason };
+    let model = loaded.shards.get("model.safetensors").ok_or_else(|| bad("no model shard".into()))?;
+    let saved: BTreeMap<String, Tensor> = decode_tensors(model)?.into_iter().collect();
+    let _g = tch::no_grad_guard();
+    for (name, p) in named {
+        let t = saved.get(name).ok_or_else(|| bad(format!("parameter '{name}' is missing (different model?)")))?;
+        if t.size() != p.size() {
+            return Err(bad(format!("parameter '{name}' has shape {:?}, the model has {:?}", t.size(), p.size())));
+        }
+        let mut p = p.shallow_clone();
+        p.f_copy_(&t.to_kind(p.kind()).to_device(p.device()))?;
+    }
+    let optim = loaded.shards.get("optimizer.safetensors").ok_or_else(|| bad("no optimizer shard".into()))?;
+    opt.load_state(&decode_tensors(optim)?).map_err(bad)?;
+    if step > spec.train.steps {
+        return Err(bad(format!("it is past train.steps ({})", spec.train.steps)));
+    }
+    tracing::info!(step, "resumed");
+    Ok((step, loaded.skipped.iter().map(|(s, _)| *s).collect()))
+}
+
+fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<String, f64>, wall_s: f64) -> Result<(), WorkerError> {
+    let summary = json!({
+        "name": spec.name,
+        "algorithm": spec.algorithm_name(),
+        "world_size": world,
+        "steps": spec.train.steps,
+        "global_batch": spec.train.global_batch,
+        "wall_s": wall_s,
+        "final_eval": eval,
+    });
+    let path = cfg.run_dir.join("summary.json");
+    let body = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    std::fs::write(&path, body).map_err(|source| WorkerError::Io { path: path.display().to_string(), source })
+}
