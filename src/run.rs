@@ -40,6 +40,9 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<i32> {
             args.spec.display()
         );
     }
+    if spec.launch.backend == kiln_worker::spec::Backend::Slurm {
+        eprintln!("note: `kiln run` trains on this machine; [launch] backend = \"slurm\" applies to `kiln submit` with a coordinator");
+    }
     let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
 
     // Fail before launching anything when the store is unusable or the resume
@@ -84,7 +87,7 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<i32> {
         }
     })?;
     let pid = child.id() as i32;
-    forward_stops(pid)?;
+    forward_stops(pid, ranks > 1)?;
 
     let bar = progress_bar(spec.train.steps);
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from the worker"))?;
@@ -119,16 +122,17 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<i32> {
     }
 }
 
-/// First Ctrl-C/SIGTERM: ask the ranks to checkpoint and stop. Second: terminate.
-/// Third: kill the whole process group.
-fn forward_stops(child: i32) -> Result<()> {
+/// First Ctrl-C/SIGTERM: ask the ranks to checkpoint and stop. Second: terminate
+/// (mpirun tears its ranks down on SIGTERM; a lone worker would treat SIGTERM as
+/// another stop request, so it is killed). Third: kill the whole process group.
+fn forward_stops(child: i32, under_mpirun: bool) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("installing signal handlers")?;
     std::thread::spawn(move || {
         for (n, _) in signals.forever().enumerate() {
             let (sig, what) = match n {
                 0 => (libc::SIGUSR1, "stopping at the next step boundary with a checkpoint (Ctrl-C again to abort)"),
-                1 => (libc::SIGTERM, "terminating the ranks"),
+                1 if under_mpirun => (libc::SIGTERM, "terminating the ranks"),
                 _ => (libc::SIGKILL, "killing the ranks"),
             };
             eprintln!("\n{what}");

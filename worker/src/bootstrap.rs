@@ -22,7 +22,15 @@ pub fn bootstrap(device_pref: &str) -> Result<Rank, WorkerError> {
     let threads = topology.intra_op_threads(cores);
     tch::set_num_threads(threads as i32);
 
-    let cuda = tch::Cuda::is_available();
+    if topology.world_size > 1 && !topology.launched_by_mpi() {
+        return Err(WorkerError::Spec(format!(
+            "this process says it is rank {} of {} ({} variables) but kiln ranks talk over MPI: start them with `kiln run --ranks N`, mpirun or srun --mpi=pmix",
+            topology.rank, topology.world_size, topology.source
+        )));
+    }
+    // "auto" takes a GPU only where its ranks can all-reduce on it: one rank, or a
+    // build with the `cuda` feature (NCCL).
+    let cuda = tch::Cuda::is_available() && (cfg!(feature = "cuda") || topology.world_size == 1 || device_pref == "cuda");
     let device = match device_pref {
         "cpu" => Device::Cpu,
         "cuda" if !cuda => {

@@ -17,7 +17,7 @@ pub enum WorkerError {
     Algorithm { algorithm: String, message: String },
     #[error("nothing to resume: run '{run}' has no committed checkpoint in {store}. Run without --resume to start fresh")]
     NothingToResume { run: String, store: String },
-    #[error("run '{run}' already has checkpoints in {store} (newest: step {step}). Pass --resume to continue it, or choose another run name (--run)")]
+    #[error("run '{run}' already has checkpoints in {store} (newest: step {step}). Pass --resume to continue it, or change `name` in the job spec")]
     RunExists { run: String, store: String, step: u64 },
     #[error("the checkpoint at step {step} was written by {ckpt_world} ranks but this job has {world}. Resume with --ranks {ckpt_world}")]
     WorldMismatch { step: u64, ckpt_world: usize, world: usize },

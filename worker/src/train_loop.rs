@@ -132,7 +132,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     }
     broadcast_parameters(comm, &mut params)?;
     let sync = GradSync::new(&params, (spec.train.bucket_mb * 1024.0 * 1024.0) as usize);
-    let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.clone());
+    let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect());
 
     // Resume point, agreed by all ranks.
     let (start, corrupt) = agree(comm, resume_point(&store, spec, cfg.resume, (me, world), &named, &mut opt))?;

@@ -207,7 +207,7 @@ impl Communicator for MpiComm {
         if root >= world {
             return Err(CommError::BadRoot { root, world });
         }
-        let mut c = tensor.contiguous();
+        let c = tensor.contiguous();
         let nbytes = c.numel() * c.kind().elt_size_in_bytes();
         // SAFETY: `c` is a contiguous CPU tensor of `nbytes` bytes, borrowed for the call.
         let buf = unsafe { std::slice::from_raw_parts_mut(c.data_ptr() as *mut u8, nbytes) };

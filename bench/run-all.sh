@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every benchmark behind docs/src/benchmarks.md, in one run. Writes the raw output
+# to bench/results/ (not committed) and prints it. Needs `make build` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KILN=target/debug/kiln
+OUT=bench/results
+mkdir -p "$OUT"
+work=$(mktemp -d)
+trap 'kill ${s3pid:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+
+echo "== machine"
+{ nproc; free -g | head -2; mpirun --version | head -1; } | tee "$OUT/machine.txt"
+
+echo "== all-reduce, 2 ranks, kiln vs raw MPI (same buffers) and memcpy"
+$KILN bench allreduce --ranks 2 --min 1KiB --max 256MiB | tee "$OUT/allreduce.txt"
+
+echo "== DDP throughput of the quick-start job, 1 and 2 ranks"
+for r in 1 2; do
+  d="$work/ddp$r"; mkdir -p "$d"
+  (cd "$d" && "$OLDPWD/$KILN" run "$OLDPWD/examples/quickstart.toml" --ranks $r >/dev/null 2>&1)
+  python3 - "$d/runs/quickstart/metrics.jsonl" "$r" <<'PY' | tee -a "$OUT/ddp.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
+# Skip the first window (start-up) and windows that include an eval or checkpoint.
+sps = sorted(r["samples_per_s"] for r in rows[1:])
+med = sps[len(sps) // 2]
+print(f"ranks={sys.argv[2]} median_samples_per_s={med:.0f} windows={len(sps)}")
+PY
+done
+
+echo "== checkpoint throughput: local directory"
+$KILN bench checkpoint --store "$work/ckpt-file" --mb 256 --repeats 3 | tee "$OUT/checkpoint-file.txt"
+
+echo "== checkpoint throughput: S3 protocol (s3s-fs on loopback)"
+mkdir -p "$work/s3/bench"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+.tools/bin/s3s-fs --host 127.0.0.1 --port "$port" --access-key kiln --secret-key kiln-secret "$work/s3" >/dev/null 2>&1 &
+s3pid=$!
+sleep 1
+AWS_ACCESS_KEY_ID=kiln AWS_SECRET_ACCESS_KEY=kiln-secret AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true \
+  $KILN bench checkpoint --store s3://bench/ckpt --mb 256 --repeats 3 | tee "$OUT/checkpoint-s3.txt"
