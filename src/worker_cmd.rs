@@ -41,7 +41,9 @@ pub fn worker(args: WorkerArgs) -> Result<i32> {
     let cfg = RunConfig { spec: &spec, run_dir: args.run_dir.clone(), resume: args.resume, progress: args.progress };
     match train(&rank, algo.as_mut(), &cfg, &stop) {
         Ok(Outcome::Completed { step, .. }) => {
-            tracing::info!(step, "run complete");
+            if rank.topology.rank == 0 {
+                tracing::info!(step, "run complete");
+            }
             Ok(0)
         }
         Ok(Outcome::Preempted { step }) => {

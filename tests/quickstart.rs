@@ -14,7 +14,7 @@ fn final_eval(dir: &std::path::Path, name: &str) -> serde_json::Value {
 fn mmoe_and_shared_bottom_learn_both_tasks() {
     let dir = tempfile::tempdir().unwrap();
     for (name, algo) in [("mmoe", "recsys.mmoe"), ("sb", "recsys.shared-bottom")] {
-        let spec = write_spec(dir.path(), &Job { name, steps: 150, every: 50, batch: 128, algorithm: algo, extra_train: "eval_every = 50" });
+        let spec = write_spec(dir.path(), &Job { name, steps: 150, every: 50, batch: 128, algorithm: algo, extra_train: "eval_every = 50", ..Job::default() });
         let out = kiln_run(dir.path(), &spec, 2, &[]);
         assert!(out.status.success(), "{}", text(&out));
         let eval = final_eval(dir.path(), name);

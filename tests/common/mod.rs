@@ -20,13 +20,18 @@ pub struct Job<'a> {
     pub batch: usize,
     pub algorithm: &'a str,
     pub extra_train: &'a str,
+    /// The body of `[train.optimizer]`.
+    pub optimizer: &'a str,
 }
 
 impl Default for Job<'_> {
     fn default() -> Self {
-        Job { name: "t", steps: 20, every: 5, batch: 48, algorithm: "recsys.mmoe", extra_train: "" }
+        Job { name: "t", steps: 20, every: 5, batch: 48, algorithm: "recsys.mmoe", extra_train: "", optimizer: ADAMW }
     }
 }
+
+pub const ADAMW: &str = "kind = \"adamw\"\nlr = 0.01\nweight_decay = 0.01";
+pub const SGD: &str = "kind = \"sgd\"\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.0001";
 
 /// Writes a spec into `dir` whose checkpoints go to `dir/store`.
 pub fn write_spec(dir: &Path, job: &Job) -> PathBuf {
@@ -48,9 +53,7 @@ log_every = 5
 {extra}
 
 [train.optimizer]
-kind = "adamw"
-lr = 0.01
-weight_decay = 0.01
+{optimizer}
 
 [algorithm]
 name = "{algo}"
@@ -68,6 +71,7 @@ eval_samples = 1024
         batch = job.batch,
         extra = job.extra_train,
         algo = job.algorithm,
+        optimizer = job.optimizer,
     );
     let path = dir.join(format!("{}.toml", job.name));
     std::fs::write(&path, text).unwrap();
@@ -100,12 +104,17 @@ pub fn params(dir: &Path, name: &str, step: u64) -> Vec<(String, Tensor)> {
 
 /// Largest absolute difference between two parameter sets (same names required).
 pub fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    worst(a, b).1
+}
+
+/// The parameter that differs most, and by how much.
+pub fn worst(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (String, f64) {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|((na, ta), (nb, tb))| {
             assert_eq!(na, nb);
-            (ta - tb).abs().max().double_value(&[])
+            (na.clone(), (ta - tb).abs().max().double_value(&[]))
         })
-        .fold(0.0, f64::max)
+        .fold((String::new(), 0.0), |acc, x| if x.1 > acc.1 { x } else { acc })
 }

@@ -51,11 +51,19 @@ pub struct Dims {
 
 impl MultiTaskModel {
     pub fn new(root: &nn::Path, arch: Arch, d: Dims) -> Self {
-        let emb = nn::EmbeddingConfig { sparse: false, ..Default::default() };
+        // Small initial embeddings, as usual for CTR models: with N(0, 1) the random
+        // user*item products drown the signal and the factorisation is learnt slowly.
+        let emb = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.05 },
+            ..Default::default()
+        };
         let user = nn::embedding(root / "user_emb", d.users, d.embedding, emb);
         let item = nn::embedding(root / "item_emb", d.items, d.embedding, emb);
         let domain = nn::embedding(root / "domain_emb", d.domains, 4, emb);
-        let input = 2 * d.embedding + 4 + d.dense;
+        // [user, item, user*item, domain, dense]: the element-wise product gives the
+        // towers the user-item affinity directly, as factorisation-machine style
+        // CTR models do, instead of making an MLP learn a dot product.
+        let input = 3 * d.embedding + 4 + d.dense;
         let body = match arch {
             Arch::SharedBottom => Body::Shared(mlp(root / "bottom", input, d.hidden, d.hidden)),
             Arch::Mmoe => Body::Mmoe {
@@ -79,10 +87,9 @@ impl MultiTaskModel {
 
     /// Logits, [n, TASKS].
     pub fn forward(&self, b: &Batch) -> Tensor {
-        let x = Tensor::cat(
-            &[self.user.forward(&b.user), self.item.forward(&b.item), self.domain.forward(&b.domain), b.dense.shallow_clone()],
-            1,
-        );
+        let (u, v) = (self.user.forward(&b.user), self.item.forward(&b.item));
+        let uv = &u * &v;
+        let x = Tensor::cat(&[u, v, uv, self.domain.forward(&b.domain), b.dense.shallow_clone()], 1);
         let per_task: Vec<Tensor> = match &self.body {
             Body::Shared(bottom) => {
                 let h = bottom.forward(&x);
