@@ -8,6 +8,8 @@ use kiln_cluster::comm::MpiComm;
 use kiln_cluster::launch::mpirun;
 use kiln_cluster::{Communicator, ReduceOp};
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
+use mpi::raw::AsRaw;
 use mpi::traits::*;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -107,7 +109,11 @@ fn allreduce_rank(min: usize, max: usize, iters: usize) -> Result<i32> {
     if rank == 0 {
         println!("# kiln bench allreduce: {world} ranks, f32 sum, backend {} (Open MPI MPI_Allreduce)", comm.backend());
         println!("# busbw = size/time * 2(n-1)/n, as nccl-tests; time = slowest rank's mean");
-        println!("{:>9} {:>7} {:>12} {:>11} {:>12} {:>11} {:>9}", "size", "iters", "kiln_us", "kiln_GB/s", "rawmpi_us", "raw_GB/s", "kiln/raw");
+        println!("# raw = rsmpi all_reduce_into (separate send/recv buffers); raw_inplace = MPI_Allreduce(MPI_IN_PLACE) on a Vec");
+        println!(
+            "{:>9} {:>6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>9} {:>10}",
+            "size", "iters", "kiln_us", "kiln_GB/s", "raw_us", "raw_GB/s", "inplace_us", "inp_GB/s", "kiln/inp"
+        );
     }
     let mut size = min;
     while size <= max {
@@ -131,17 +137,41 @@ fn allreduce_rank(min: usize, max: usize, iters: usize) -> Result<i32> {
             raw.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
         }
         let theirs = slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?;
+
+        let mut buf = vec![1.0f32; n];
+        let in_place = |buf: &mut [f32]| {
+            // SAFETY: `buf` holds `n` f32 values; MPI reduces them in place.
+            unsafe {
+                mpi::ffi::MPI_Allreduce(
+                    kiln_cluster::comm::mpi::mpi_in_place(),
+                    buf.as_mut_ptr() as *mut std::ffi::c_void,
+                    n as i32,
+                    f32::equivalent_datatype().as_raw(),
+                    SystemOperation::sum().as_raw(),
+                    raw.as_raw(),
+                )
+            }
+        };
+        in_place(&mut buf);
+        raw.barrier();
+        let t0 = Instant::now();
+        for _ in 0..it {
+            in_place(&mut buf);
+        }
+        let inplace = slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?;
         if rank == 0 {
             let gbs = |s: f64| size as f64 / s / 1e9 * bus;
             println!(
-                "{:>9} {:>7} {:>12.1} {:>11.3} {:>12.1} {:>11.3} {:>9.3}",
+                "{:>9} {:>6} {:>10.1} {:>9.3} {:>10.1} {:>9.3} {:>12.1} {:>9.3} {:>10.3}",
                 human(size),
                 it,
                 ours * 1e6,
                 gbs(ours),
                 theirs * 1e6,
                 gbs(theirs),
-                theirs / ours
+                inplace * 1e6,
+                gbs(inplace),
+                inplace / ours
             );
         }
         size *= 2;

@@ -479,39 +479,54 @@ pub fn validate_run_name(run: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Serialises named tensors as safetensors (copied to host memory first).
+/// Serialises named tensors as safetensors, copying each tensor's bytes once,
+/// straight into the output buffer: this copy is the whole training stall of an
+/// asynchronous checkpoint, so it is kept to one pass over memory. The layout is
+/// the safetensors format (8-byte header length, JSON header padded to 8 bytes,
+/// then the data in header order); [`decode_tensors`] reads it with the reference
+/// `safetensors` crate.
 pub fn encode_tensors(named: &[(String, Tensor)]) -> Result<Bytes, StoreError> {
-    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
-    for (name, t) in named {
-        let t = t.to_device(tch::Device::Cpu).contiguous();
+    let mut sorted: Vec<&(String, Tensor)> = named.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    let mut parts = Vec::with_capacity(sorted.len());
+    for (name, t) in sorted {
         let dtype = match t.kind() {
-            Kind::Float => safetensors::Dtype::F32,
-            Kind::Double => safetensors::Dtype::F64,
-            Kind::BFloat16 => safetensors::Dtype::BF16,
-            Kind::Half => safetensors::Dtype::F16,
-            Kind::Int => safetensors::Dtype::I32,
-            Kind::Int64 => safetensors::Dtype::I64,
-            Kind::Uint8 => safetensors::Dtype::U8,
-            Kind::Bool => safetensors::Dtype::BOOL,
+            Kind::Float => "F32",
+            Kind::Double => "F64",
+            Kind::BFloat16 => "BF16",
+            Kind::Half => "F16",
+            Kind::Int => "I32",
+            Kind::Int64 => "I64",
+            Kind::Uint8 => "U8",
+            Kind::Bool => "BOOL",
             k => return Err(StoreError::Encode { name: name.clone(), reason: format!("kind {k:?} not supported") }),
         };
-        let n = t.numel();
-        let mut data = vec![0u8; n * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut data, n)?;
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        owned.push((name.clone(), dtype, shape, data));
+        let host = t.to_device(tch::Device::Cpu).contiguous();
+        let len = host.numel() * host.kind().elt_size_in_bytes();
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": host.size(), "data_offsets": [offset, offset + len] }),
+        );
+        offset += len;
+        parts.push((host, len));
     }
-    let views = owned
-        .iter()
-        .map(|(name, dtype, shape, data)| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| StoreError::Encode { name: name.clone(), reason: e.to_string() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, None)
-        .map(Bytes::from)
-        .map_err(|e| StoreError::Encode { name: "<file>".into(), reason: e.to_string() })
+    let mut head = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| StoreError::Encode { name: "<header>".into(), reason: e.to_string() })?;
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for (host, len) in parts {
+        if len > 0 {
+            // SAFETY: `host` is a contiguous CPU tensor of exactly `len` bytes, alive here.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(host.data_ptr() as *const u8, len) });
+        }
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Reads safetensors bytes back into named CPU tensors.

@@ -13,8 +13,46 @@ use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::*;
+use mpi::ffi;
+use mpi::raw::AsRaw;
 use mpi::Count;
+use std::ffi::{c_int, c_void};
 use tch::{Kind, Tensor};
+
+extern "C" {
+    /// From `mpi_shim.c`: the implementation's MPI_IN_PLACE.
+    fn kiln_mpi_in_place() -> *mut c_void;
+}
+
+/// The MPI implementation's `MPI_IN_PLACE` (for benchmarks that call MPI directly).
+pub fn mpi_in_place() -> *mut c_void {
+    // SAFETY: returns a constant.
+    unsafe { kiln_mpi_in_place() }
+}
+
+/// MPI counts are C ints: larger tensors go in pieces.
+const MAX_COUNT: usize = 1 << 30;
+
+fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(MAX_COUNT).map(move |o| (o, MAX_COUNT.min(n - o)))
+}
+
+fn mpi_op(op: ReduceOp) -> ffi::MPI_Op {
+    match op {
+        ReduceOp::Max => SystemOperation::max().as_raw(),
+        ReduceOp::Sum | ReduceOp::Avg => SystemOperation::sum().as_raw(),
+    }
+}
+
+/// MPI's default error handler aborts, so this fires only if a user installed
+/// MPI_ERRORS_RETURN; it keeps a failure from passing silently.
+fn check(call: &'static str, rc: c_int) -> Result<(), CommError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(CommError::MpiUnavailable(format!("{call} returned error code {rc}")))
+    }
+}
 
 /// Element types MPI reduces natively.
 trait HostElem: Equivalence + Copy + Default {
@@ -64,72 +102,70 @@ impl MpiComm {
         &self.world
     }
 
-    fn reduce_native<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) {
-        let n = t.numel();
-        let mut recv = vec![T::default(); n];
-        with_slice_mut::<T, _>(t, |send| match op {
-            ReduceOp::Max => self.world.all_reduce_into(&send[..], &mut recv[..], SystemOperation::max()),
-            ReduceOp::Sum | ReduceOp::Avg => {
-                self.world.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum())
-            }
-        });
-        let world = self.world_size();
-        with_slice_mut::<T, _>(t, |dst| {
-            if op == ReduceOp::Avg {
-                for (d, r) in dst.iter_mut().zip(&recv) {
-                    *d = r.div_world(world);
-                }
-            } else {
-                dst.copy_from_slice(&recv);
-            }
-        });
+    /// In-place MPI_Allreduce over a contiguous CPU tensor of element type `T`, then
+    /// the division for `Avg`. No extra buffer, no copy back.
+    fn reduce_native<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
+        let (ptr, n) = (t.data_ptr() as *mut T, t.numel());
+        for (offset, len) in chunks(n) {
+            // SAFETY: `ptr` points at `n` elements of `T` (contiguous CPU tensor of the
+            // matching kind, checked by the caller); MPI writes within [offset, offset+len).
+            let rc = unsafe {
+                ffi::MPI_Allreduce(
+                    kiln_mpi_in_place(),
+                    ptr.add(offset) as *mut c_void,
+                    len as c_int,
+                    T::equivalent_datatype().as_raw(),
+                    mpi_op(op),
+                    self.world.as_raw(),
+                )
+            };
+            check("MPI_Allreduce", rc)?;
+        }
+        self.finish_avg::<T>(t, op);
+        Ok(())
     }
 
-    /// Reduces several same-kind contiguous tensors with non-blocking MPI_Iallreduce,
-    /// all in flight at once.
-    fn reduce_many_native<T: HostElem>(&self, ts: &mut [Tensor], op: ReduceOp) {
-        let mut recvs: Vec<Vec<T>> = ts.iter().map(|t| vec![T::default(); t.numel()]).collect();
-        let sends: Vec<&[T]> = ts
-            .iter()
-            // SAFETY: each tensor is contiguous, on the CPU and of kind `T` (checked by the
-            // caller) and outlives the scope below, in which nothing writes to it.
-            .map(|t| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) })
-            .collect();
-        mpi::request::scope(|scope| {
-            let mut reqs = Vec::with_capacity(sends.len());
-            for (s, r) in sends.iter().zip(recvs.iter_mut()) {
-                let req = match op {
-                    ReduceOp::Max => self.world.immediate_all_reduce_into(
-                        scope,
-                        *s,
-                        &mut r[..],
-                        SystemOperation::max(),
-                    ),
-                    ReduceOp::Sum | ReduceOp::Avg => self.world.immediate_all_reduce_into(
-                        scope,
-                        *s,
-                        &mut r[..],
-                        SystemOperation::sum(),
-                    ),
-                };
-                reqs.push(req);
-            }
-            for req in reqs {
-                req.wait_without_status();
-            }
-        });
-        let world = self.world_size();
-        for (t, recv) in ts.iter_mut().zip(&recvs) {
-            with_slice_mut::<T, _>(t, |dst| {
-                if op == ReduceOp::Avg {
-                    for (d, r) in dst.iter_mut().zip(recv) {
-                        *d = r.div_world(world);
-                    }
-                } else {
-                    dst.copy_from_slice(recv);
-                }
-            });
+    fn finish_avg<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) {
+        if op == ReduceOp::Avg {
+            let world = self.world_size();
+            with_slice_mut::<T, _>(t, |xs| xs.iter_mut().for_each(|x| *x = x.div_world(world)));
         }
+    }
+
+    /// Several same-kind contiguous tensors, reduced in place with non-blocking
+    /// MPI_Iallreduce, all in flight at once, then one MPI_Waitall.
+    fn reduce_many_native<T: HostElem>(&self, ts: &mut [Tensor], op: ReduceOp) -> Result<(), CommError> {
+        // SAFETY: RSMPI_REQUEST_NULL is a plain constant handle.
+        let mut requests: Vec<ffi::MPI_Request> = Vec::new();
+        for t in ts.iter() {
+            let (ptr, n) = (t.data_ptr() as *mut T, t.numel());
+            for (offset, len) in chunks(n) {
+                // SAFETY: as in reduce_native; the tensors outlive the Waitall below and
+                // nothing else touches them until then.
+                let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
+                let rc = unsafe {
+                    ffi::MPI_Iallreduce(
+                        kiln_mpi_in_place(),
+                        ptr.add(offset) as *mut c_void,
+                        len as c_int,
+                        T::equivalent_datatype().as_raw(),
+                        mpi_op(op),
+                        self.world.as_raw(),
+                        &mut req,
+                    )
+                };
+                check("MPI_Iallreduce", rc)?;
+                requests.push(req);
+            }
+        }
+        // SAFETY: MPI_Status is plain data; Waitall fills one per request.
+        let mut statuses: Vec<ffi::MPI_Status> = (0..requests.len()).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let rc = unsafe { ffi::MPI_Waitall(requests.len() as c_int, requests.as_mut_ptr(), statuses.as_mut_ptr()) };
+        check("MPI_Waitall", rc)?;
+        for t in ts.iter_mut() {
+            self.finish_avg::<T>(t, op);
+        }
+        Ok(())
     }
 
     fn dispatch(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
@@ -138,9 +174,8 @@ impl MpiComm {
             Kind::Double => self.reduce_native::<f64>(t, op),
             Kind::Int => self.reduce_native::<i32>(t, op),
             Kind::Int64 => self.reduce_native::<i64>(t, op),
-            kind => return Err(CommError::UnsupportedKind { backend: "mpi", kind, op: "all_reduce" }),
+            kind => Err(CommError::UnsupportedKind { backend: "mpi", kind, op: "all_reduce" }),
         }
-        Ok(())
     }
 }
 
@@ -198,7 +233,6 @@ impl Communicator for MpiComm {
             Kind::Int => self.reduce_many_native::<i32>(tensors, op),
             _ => self.reduce_many_native::<i64>(tensors, op),
         }
-        Ok(())
     }
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {
