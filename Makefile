@@ -1,5 +1,7 @@
 # The two commands a user needs: `make demo` and `make test`. Both install what is
 # missing first (scripts/setup.sh), so they work on a fresh Debian machine with Rust.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 CARGO ?= cargo
 KILN := target/debug/kiln
 
@@ -19,8 +21,9 @@ demo: build
 
 test: setup
 	$(CARGO) build --workspace --bins --tests
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log
 	$(MAKE) check-cuda
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
 
 # GPU code paths must keep compiling on machines without a GPU.
 check-cuda:

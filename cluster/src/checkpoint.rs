@@ -90,7 +90,7 @@ pub struct CheckpointStore {
 /// A checkpoint upload running in the background.
 pub struct PendingSave {
     step: u64,
-    handle: JoinHandle<Result<(), StoreError>>,
+    handle: JoinHandle<Result<Vec<Bytes>, StoreError>>,
     runtime: Arc<Runtime>,
 }
 
@@ -101,8 +101,9 @@ impl PendingSave {
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
-    /// Blocks until the upload and its commit are done.
-    pub fn wait(self) -> Result<(), StoreError> {
+    /// Blocks until the upload and its commit are done, and hands back the shard
+    /// buffers so the next snapshot can reuse their (already mapped) memory.
+    pub fn wait(self) -> Result<Vec<Bytes>, StoreError> {
         match self.runtime.block_on(self.handle) {
             Ok(r) => r,
             Err(e) => Err(StoreError::Background(e.to_string())),
@@ -238,7 +239,7 @@ impl CheckpointStore {
     /// Uploads the shards, then the manifest with a create-only put. Blocks.
     pub fn save(&self, meta: SaveMeta, shards: Vec<Shard>) -> Result<Manifest, StoreError> {
         let fut = save_task(self.store.clone(), self.step_dir(meta.step), meta, shards);
-        self.runtime.block_on(fut)
+        self.runtime.block_on(fut).map(|(manifest, _)| manifest)
     }
 
     /// As [`CheckpointStore::save`], on the background runtime. The shards are
@@ -246,7 +247,7 @@ impl CheckpointStore {
     pub fn save_async(&self, meta: SaveMeta, shards: Vec<Shard>) -> PendingSave {
         let step = meta.step;
         let fut = save_task(self.store.clone(), self.step_dir(step), meta, shards);
-        let handle = self.runtime.spawn(async move { fut.await.map(|_| ()) });
+        let handle = self.runtime.spawn(async move { fut.await.map(|(_, buffers)| buffers) });
         PendingSave { step, handle, runtime: self.runtime.clone() }
     }
 
@@ -418,7 +419,7 @@ async fn save_task(
     dir: Path,
     meta: SaveMeta,
     shards: Vec<Shard>,
-) -> Result<Manifest, StoreError> {
+) -> Result<(Manifest, Vec<Bytes>), StoreError> {
     let commit = dir.clone().join("COMMIT");
     // A step that is already committed is never rewritten: its shards are what the
     // manifest vouches for.
@@ -426,6 +427,7 @@ async fn save_task(
         return Err(StoreError::AlreadyCommitted { step: meta.step, path: commit.to_string() });
     }
     let mut entries = Vec::with_capacity(shards.len());
+    let buffers: Vec<Bytes> = shards.iter().map(|s| s.data.clone()).collect();
     for shard in shards {
         let path = dir.clone().join(shard.name.as_str());
         entries.push(ShardEntry { name: shard.name.clone(), bytes: shard.data.len() as u64, sha256: sha256_hex(&shard.data) });
@@ -448,7 +450,7 @@ async fn save_task(
     fault_point("before-commit");
     let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
     match store.put_opts(&commit, PutPayload::from(body), opts).await {
-        Ok(_) => Ok(manifest),
+        Ok(_) => Ok((manifest, buffers)),
         Err(e) if is_exists(&e) => Err(StoreError::AlreadyCommitted { step: meta.step, path: commit.to_string() }),
         Err(source) => Err(StoreError::Object { path: commit.to_string(), source }),
     }
@@ -486,6 +488,13 @@ pub fn validate_run_name(run: &str) -> Result<(), String> {
 /// then the data in header order); [`decode_tensors`] reads it with the reference
 /// `safetensors` crate.
 pub fn encode_tensors(named: &[(String, Tensor)]) -> Result<Bytes, StoreError> {
+    encode_tensors_into(named, Vec::new())
+}
+
+/// As [`encode_tensors`], writing into `buf` (cleared first). Reusing the buffer of
+/// an earlier checkpoint avoids faulting in fresh pages, which on many machines
+/// costs more than the copy itself.
+pub fn encode_tensors_into(named: &[(String, Tensor)], mut buf: Vec<u8>) -> Result<Bytes, StoreError> {
     let mut sorted: Vec<&(String, Tensor)> = named.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = serde_json::Map::new();
@@ -517,7 +526,9 @@ pub fn encode_tensors(named: &[(String, Tensor)]) -> Result<Bytes, StoreError> {
     while head.len() % 8 != 0 {
         head.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    buf.clear();
+    buf.reserve(8 + head.len() + offset);
+    let mut out = buf;
     out.extend_from_slice(&(head.len() as u64).to_le_bytes());
     out.extend_from_slice(&head);
     for (host, len) in parts {
@@ -527,6 +538,12 @@ pub fn encode_tensors(named: &[(String, Tensor)]) -> Result<Bytes, StoreError> {
         }
     }
     Ok(Bytes::from(out))
+}
+
+/// Turns buffers handed back by [`PendingSave::wait`] into reusable memory (those
+/// still shared elsewhere are dropped).
+pub fn reclaim(buffers: Vec<Bytes>) -> Vec<Vec<u8>> {
+    buffers.into_iter().filter_map(|b| b.try_into_mut().ok().map(Vec::from)).collect()
 }
 
 /// Reads safetensors bytes back into named CPU tensors.

@@ -29,7 +29,9 @@ fn suite(url: &str) {
 
     // Round trip of two steps, one of them in the background.
     store.save(meta(5), shards(5)).unwrap();
-    store.save_async(meta(10), shards(10)).wait().unwrap();
+    let handed_back = store.save_async(meta(10), shards(10)).wait().unwrap();
+    assert_eq!(handed_back.len(), 2, "the upload hands its shard buffers back for reuse");
+    assert_eq!(handed_back[0], Bytes::from(vec![10u8; 1010]));
     let loaded = store.load_latest().unwrap().unwrap();
     assert_eq!(loaded.manifest.step, 10);
     assert_eq!(loaded.manifest.world_size, 2);

@@ -15,7 +15,7 @@ use crate::optim::{clip_grad_norm, Optimizer};
 use crate::schedule::lr_at;
 use crate::signals::StopFlag;
 use crate::spec::JobSpec;
-use kiln_cluster::checkpoint::{decode_tensors, encode_tensors, CheckpointStore, PendingSave, SaveMeta, Shard};
+use kiln_cluster::checkpoint::{decode_tensors, encode_tensors_into, reclaim, CheckpointStore, PendingSave, SaveMeta, Shard};
 use kiln_cluster::ddp::{broadcast_parameters, define_grad, GradSync};
 use kiln_cluster::{Communicator, ReduceOp};
 use serde_json::json;
@@ -69,6 +69,8 @@ struct Checkpointer<'a> {
     world: usize,
     pending: Option<PendingSave>,
     last_saved: Option<u64>,
+    /// Shard buffers of the last finished upload, reused by the next snapshot.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Checkpointer<'_> {
@@ -85,9 +87,13 @@ impl Checkpointer<'_> {
         }
         self.finish()?;
         let state = json!({ "step": step, "seed": self.spec.train.seed, "world_size": self.world, "samples_seen": step * self.spec.train.global_batch as u64 });
+        let mut spare = std::mem::take(&mut self.spare).into_iter();
         let shards = vec![
-            Shard { name: "model.safetensors".into(), data: encode_tensors(params)? },
-            Shard { name: "optimizer.safetensors".into(), data: encode_tensors(&opt.state_tensors())? },
+            Shard { name: "model.safetensors".into(), data: encode_tensors_into(params, spare.next().unwrap_or_default())? },
+            Shard {
+                name: "optimizer.safetensors".into(),
+                data: encode_tensors_into(&opt.state_tensors(), spare.next().unwrap_or_default())?,
+            },
             Shard { name: "state.json".into(), data: state.to_string().into_bytes().into() },
         ];
         let meta = SaveMeta { step, world_size: self.world, spec_hash: self.spec.hash() };
@@ -103,7 +109,7 @@ impl Checkpointer<'_> {
     /// Waits for the upload in flight, then applies retention.
     fn finish(&mut self) -> Result<(), WorkerError> {
         if let Some(p) = self.pending.take() {
-            p.wait()?;
+            self.spare = reclaim(p.wait()?);
             self.store.retain(self.spec.checkpoint.keep)?;
         }
         Ok(())
@@ -144,7 +150,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
             store.quarantine(step)?;
         }
     }
-    let mut ckpt = Checkpointer { store, spec, world, pending: None, last_saved: Some(start).filter(|&s| s > 0) };
+    let mut ckpt = Checkpointer { store, spec, world, pending: None, last_saved: Some(start).filter(|&s| s > 0), spare: Vec::new() };
     metrics.event(json!({ "event": "start", "steps": total, "start_step": start, "world": world, "backend": comm.backend() }));
     tracing::info!(start_step = start, total, world, "training");
 

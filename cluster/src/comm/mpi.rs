@@ -58,26 +58,16 @@ fn check(call: &'static str, rc: c_int) -> Result<(), CommError> {
 trait HostElem: Equivalence + Copy + Default {
     fn div_world(self, world: usize) -> Self;
 }
-impl HostElem for f32 {
-    fn div_world(self, world: usize) -> Self {
-        self / world as f32
-    }
+macro_rules! host_elem {
+    ($($t:ty),*) => {$(
+        impl HostElem for $t {
+            fn div_world(self, world: usize) -> Self {
+                self / world as $t
+            }
+        }
+    )*};
 }
-impl HostElem for f64 {
-    fn div_world(self, world: usize) -> Self {
-        self / world as f64
-    }
-}
-impl HostElem for i32 {
-    fn div_world(self, world: usize) -> Self {
-        self / world as i32
-    }
-}
-impl HostElem for i64 {
-    fn div_world(self, world: usize) -> Self {
-        self / world as i64
-    }
-}
+host_elem!(f32, f64, i32, i64);
 
 /// MPI_COMM_WORLD of this process. Dropping it finalises MPI.
 pub struct MpiComm {
@@ -102,27 +92,9 @@ impl MpiComm {
         &self.world
     }
 
-    /// In-place MPI_Allreduce over a contiguous CPU tensor of element type `T`, then
-    /// the division for `Avg`. No extra buffer, no copy back.
+    /// In-place all-reduce of one contiguous CPU tensor of element type `T`.
     fn reduce_native<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
-        let (ptr, n) = (t.data_ptr() as *mut T, t.numel());
-        for (offset, len) in chunks(n) {
-            // SAFETY: `ptr` points at `n` elements of `T` (contiguous CPU tensor of the
-            // matching kind, checked by the caller); MPI writes within [offset, offset+len).
-            let rc = unsafe {
-                ffi::MPI_Allreduce(
-                    kiln_mpi_in_place(),
-                    ptr.add(offset) as *mut c_void,
-                    len as c_int,
-                    T::equivalent_datatype().as_raw(),
-                    mpi_op(op),
-                    self.world.as_raw(),
-                )
-            };
-            check("MPI_Allreduce", rc)?;
-        }
-        self.finish_avg::<T>(t, op);
-        Ok(())
+        self.reduce_many_native::<T>(std::slice::from_mut(t), op)
     }
 
     fn finish_avg<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) {
@@ -132,17 +104,20 @@ impl MpiComm {
         }
     }
 
-    /// Several same-kind contiguous tensors, reduced in place with non-blocking
-    /// MPI_Iallreduce, all in flight at once, then one MPI_Waitall.
+    /// Same-kind contiguous CPU tensors reduced in place (MPI_IN_PLACE: no extra
+    /// buffer, no copy back) with non-blocking MPI_Iallreduce, all in flight at
+    /// once, then one MPI_Waitall and the division for `Avg`.
     fn reduce_many_native<T: HostElem>(&self, ts: &mut [Tensor], op: ReduceOp) -> Result<(), CommError> {
-        // SAFETY: RSMPI_REQUEST_NULL is a plain constant handle.
         let mut requests: Vec<ffi::MPI_Request> = Vec::new();
         for t in ts.iter() {
             let (ptr, n) = (t.data_ptr() as *mut T, t.numel());
             for (offset, len) in chunks(n) {
-                // SAFETY: as in reduce_native; the tensors outlive the Waitall below and
+                // SAFETY: `ptr` points at `n` elements of `T` (a contiguous CPU tensor of
+                // the matching kind, checked by the callers); MPI writes only within
+                // [offset, offset + len); the tensors outlive the Waitall below and
                 // nothing else touches them until then.
                 let mut req = unsafe { ffi::RSMPI_REQUEST_NULL };
+                // SAFETY: see above.
                 let rc = unsafe {
                     ffi::MPI_Iallreduce(
                         kiln_mpi_in_place(),
