@@ -92,6 +92,9 @@ pub fn bench(cmd: BenchCommand) -> Result<i32> {
     }
 }
 
+/// Timed rounds per size and variant in `bench allreduce`.
+const ROUNDS: usize = 3;
+
 /// The slowest rank's mean time per iteration.
 fn slowest(comm: &MpiComm, secs: f64) -> Result<f64> {
     let mut t = Tensor::from_slice(&[secs]);
@@ -108,8 +111,8 @@ fn allreduce_rank(min: usize, max: usize, iters: usize) -> Result<i32> {
     let bus = 2.0 * (world as f64 - 1.0) / world as f64;
     if rank == 0 {
         println!("# kiln bench allreduce: {world} ranks, f32 sum, backend {} (Open MPI MPI_Allreduce)", comm.backend());
-        println!("# busbw = size/time * 2(n-1)/n, as nccl-tests; time = slowest rank's mean");
-        println!("# raw = rsmpi all_reduce_into (separate send/recv buffers); raw_inplace = MPI_Allreduce(MPI_IN_PLACE) on a Vec");
+        println!("# busbw = size/time * 2(n-1)/n, as nccl-tests; time = slowest rank's mean, best of {ROUNDS} interleaved rounds");
+        println!("# raw = rsmpi all_reduce_into (separate send/recv Vecs); inplace = MPI_Allreduce(MPI_IN_PLACE) on the same tensor memory kiln reduces");
         println!(
             "{:>9} {:>6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>9} {:>10}",
             "size", "iters", "kiln_us", "kiln_GB/s", "raw_us", "raw_GB/s", "inplace_us", "inp_GB/s", "kiln/inp"
@@ -120,31 +123,17 @@ fn allreduce_rank(min: usize, max: usize, iters: usize) -> Result<i32> {
         let n = size / 4;
         let it = iters.min((1usize << 30) / size.max(1)).max(3);
         let mut t = Tensor::ones([n as i64], (Kind::Float, Device::Cpu));
-        comm.all_reduce(&mut t, ReduceOp::Sum)?; // warm-up
-        comm.barrier()?;
-        let t0 = Instant::now();
-        for _ in 0..it {
-            comm.all_reduce(&mut t, ReduceOp::Sum)?;
-        }
-        let ours = slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?;
-
         let send = vec![1.0f32; n];
         let mut recv = vec![0.0f32; n];
-        raw.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-        raw.barrier();
-        let t0 = Instant::now();
-        for _ in 0..it {
-            raw.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-        }
-        let theirs = slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?;
-
-        let mut buf = vec![1.0f32; n];
-        let in_place = |buf: &mut [f32]| {
-            // SAFETY: `buf` holds `n` f32 values; MPI reduces them in place.
+        // The raw in-place baseline reduces the very same tensor memory kiln does.
+        let buf = t.data_ptr();
+        let in_place = |buf: *mut std::ffi::c_void| {
+            // SAFETY: `buf` is the data of `t`, a contiguous CPU f32 tensor of `n`
+            // values that lives until the end of this size's measurements.
             unsafe {
                 mpi::ffi::MPI_Allreduce(
                     kiln_cluster::comm::mpi::mpi_in_place(),
-                    buf.as_mut_ptr() as *mut std::ffi::c_void,
+                    buf,
                     n as i32,
                     f32::equivalent_datatype().as_raw(),
                     SystemOperation::sum().as_raw(),
@@ -152,13 +141,32 @@ fn allreduce_rank(min: usize, max: usize, iters: usize) -> Result<i32> {
                 )
             }
         };
-        in_place(&mut buf);
-        raw.barrier();
-        let t0 = Instant::now();
-        for _ in 0..it {
-            in_place(&mut buf);
+        // Warm-up, then ROUNDS rounds that interleave the three variants; each
+        // variant's time is its best round (the machine's noise only adds time).
+        comm.all_reduce(&mut t, ReduceOp::Sum)?;
+        raw.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+        in_place(buf);
+        let (mut ours, mut theirs, mut inplace) = (f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..ROUNDS {
+            comm.barrier()?;
+            let t0 = Instant::now();
+            for _ in 0..it {
+                comm.all_reduce(&mut t, ReduceOp::Sum)?;
+            }
+            ours = ours.min(slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?);
+            comm.barrier()?;
+            let t0 = Instant::now();
+            for _ in 0..it {
+                raw.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
+            }
+            theirs = theirs.min(slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?);
+            comm.barrier()?;
+            let t0 = Instant::now();
+            for _ in 0..it {
+                in_place(buf);
+            }
+            inplace = inplace.min(slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?);
         }
-        let inplace = slowest(&comm, t0.elapsed().as_secs_f64() / it as f64)?;
         if rank == 0 {
             let gbs = |s: f64| size as f64 / s / 1e9 * bus;
             println!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 fn sigint_to_kiln_run_checkpoints_every_rank_and_resume_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), &Job { name: "long", steps: 1_000_000, every: 0, ..Job::default() });
-    let mut child = kiln()
+    let child = kiln()
         .current_dir(dir.path())
         .arg("run")
         .arg(&spec)

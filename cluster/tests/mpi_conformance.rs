@@ -10,15 +10,17 @@ use kiln_cluster::launch::mpirun;
 #[test]
 fn conformance_under_mpirun_with_2_and_3_ranks() {
     let exe = std::env::current_exe().expect("test binary path");
-    for np in [2, 3] {
+    // Both reduction paths: blocking per tensor (default) and all buckets in flight.
+    for (np, nonblocking) in [(2, "0"), (3, "0"), (2, "1"), (3, "1")] {
         let out = mpirun(np, &exe)
             .args(["--exact", "rank_entry_point", "--nocapture", "--test-threads", "1"])
             .env("KILN_TEST_MPI_RANK", "1")
+            .env("KILN_MPI_NONBLOCKING", nonblocking)
             .output()
             .expect("mpirun must be installed (scripts/setup.sh)");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{np} ranks failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(out.status.success(), "{np} ranks (nonblocking={nonblocking}) failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
         let ok = stdout.matches("CONFORMANCE-OK").count();
         assert_eq!(ok, np, "every rank must report success\nstdout:\n{stdout}");
     }

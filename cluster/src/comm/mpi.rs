@@ -72,6 +72,8 @@ host_elem!(f32, f64, i32, i64);
 /// MPI_COMM_WORLD of this process. Dropping it finalises MPI.
 pub struct MpiComm {
     world: SimpleCommunicator,
+    /// Reduce several buckets with MPI_Iallreduce instead of one blocking call each.
+    nonblocking: bool,
     // Kept last so MPI is finalised after `world` is released.
     _universe: Universe,
 }
@@ -84,7 +86,8 @@ impl MpiComm {
             CommError::MpiUnavailable("MPI was already initialised in this process".into())
         })?;
         let world = universe.world();
-        Ok(MpiComm { world, _universe: universe })
+        let nonblocking = std::env::var("KILN_MPI_NONBLOCKING").is_ok_and(|v| v == "1");
+        Ok(MpiComm { world, nonblocking, _universe: universe })
     }
 
     /// The raw rsmpi world, for benchmarks that compare against MPI without kiln's layer.
@@ -92,9 +95,30 @@ impl MpiComm {
         &self.world
     }
 
-    /// In-place all-reduce of one contiguous CPU tensor of element type `T`.
+    /// In-place blocking MPI_Allreduce (MPI_IN_PLACE: no extra buffer, no copy
+    /// back) of one contiguous CPU tensor of element type `T`, then the division for
+    /// `Avg`. Blocking on purpose: Open MPI 4's non-blocking collectives (libnbc) took
+    /// about twice as long per byte here (docs/src/benchmarks.md).
     fn reduce_native<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
-        self.reduce_many_native::<T>(std::slice::from_mut(t), op)
+        let (ptr, n) = (t.data_ptr() as *mut T, t.numel());
+        for (offset, len) in chunks(n) {
+            // SAFETY: `ptr` points at `n` elements of `T` (a contiguous CPU tensor of the
+            // matching kind, checked by the callers); MPI writes only within
+            // [offset, offset + len).
+            let rc = unsafe {
+                ffi::MPI_Allreduce(
+                    kiln_mpi_in_place(),
+                    ptr.add(offset) as *mut c_void,
+                    len as c_int,
+                    T::equivalent_datatype().as_raw(),
+                    mpi_op(op),
+                    self.world.as_raw(),
+                )
+            };
+            check("MPI_Allreduce", rc)?;
+        }
+        self.finish_avg::<T>(t, op);
+        Ok(())
     }
 
     fn finish_avg<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) {
@@ -104,9 +128,10 @@ impl MpiComm {
         }
     }
 
-    /// Same-kind contiguous CPU tensors reduced in place (MPI_IN_PLACE: no extra
-    /// buffer, no copy back) with non-blocking MPI_Iallreduce, all in flight at
-    /// once, then one MPI_Waitall and the division for `Avg`.
+    /// Same-kind contiguous CPU tensors reduced in place with non-blocking
+    /// MPI_Iallreduce, all in flight at once, then one MPI_Waitall and the division
+    /// for `Avg`. Used when `KILN_MPI_NONBLOCKING=1`: it pays off only where the MPI
+    /// library's non-blocking collectives are as fast as its blocking ones.
     fn reduce_many_native<T: HostElem>(&self, ts: &mut [Tensor], op: ReduceOp) -> Result<(), CommError> {
         let mut requests: Vec<ffi::MPI_Request> = Vec::new();
         for t in ts.iter() {
@@ -195,8 +220,9 @@ impl Communicator for MpiComm {
         let uniform = tensors
             .iter()
             .all(|t| t.kind() == first && t.is_contiguous() && t.device() == tch::Device::Cpu);
-        if !uniform || !is_native(first) {
-            // Mixed kinds, strided or 16-bit tensors: one at a time, with conversion.
+        if !uniform || !is_native(first) || !self.nonblocking {
+            // Blocking calls one after another (the default), or tensors that need
+            // conversion (mixed kinds, strided, 16-bit).
             for t in tensors.iter_mut() {
                 self.all_reduce(t, op)?;
             }
