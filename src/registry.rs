@@ -26,7 +26,8 @@ pub fn load_spec(path: &std::path::Path) -> Result<(kiln_worker::JobSpec, &'stat
         anyhow!("{}:{line}: {e}", path.display())
     })?;
     (entry.validate)(&spec.algorithm_config()).map_err(|e| {
-        anyhow!("{}: invalid job spec {e}", path.display())
+        let line = kiln_worker::spec::locate(&text, &e.spec_path()).or_else(|| kiln_worker::spec::locate(&text, "algorithm.name"));
+        anyhow!("{}:{}: invalid job spec {e}", path.display(), line.unwrap_or(1))
     })?;
     Ok((spec, entry))
 }

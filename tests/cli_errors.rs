@@ -35,8 +35,13 @@ fn unknown_field_names_its_path() {
     // Inside the algorithm's own table too.
     let spec = write_spec(dir.path(), &Job::default());
     let text = std::fs::read_to_string(&spec).unwrap().replace("hidden = 32", "hiden = 32");
+    let line = text.lines().position(|l| l.starts_with("hiden")).unwrap() + 1;
     std::fs::write(&spec, text).unwrap();
-    fails_with(&kiln_in(dir.path(), &["run", spec.to_str().unwrap()]), &["algorithm.", "hiden"]);
+    fails_with(&kiln_in(dir.path(), &["run", spec.to_str().unwrap()]), &[&format!("t.toml:{line}: "), "`algorithm.hiden`"]);
+    // A value out of range inside the algorithm's table.
+    let text = std::fs::read_to_string(&spec).unwrap().replace("hiden = 32", "hidden = 0");
+    std::fs::write(&spec, text).unwrap();
+    fails_with(&kiln_in(dir.path(), &["run", spec.to_str().unwrap()]), &[&format!("t.toml:{line}: "), "`algorithm.hidden`", "between 1 and"]);
 }
 
 #[test]

@@ -25,5 +25,5 @@ pub mod train_loop;
 
 pub use algorithm::{Algorithm, StepContext, StepOutput};
 pub use error::WorkerError;
-pub use registry::{AlgorithmEntry, BuildContext};
+pub use registry::{parse_config, AlgorithmEntry, BuildContext, ConfigError};
 pub use spec::JobSpec;

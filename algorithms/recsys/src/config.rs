@@ -1,5 +1,6 @@
 //! The `[algorithm]` table of recsys jobs.
 
+use kiln_worker::{parse_config, ConfigError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,12 +40,9 @@ impl Default for RecsysConfig {
 }
 
 impl RecsysConfig {
-    /// Parses and checks the table; errors name the field path under `algorithm.`.
-    pub fn from_value(v: &toml::Value) -> Result<Self, String> {
-        let cfg: RecsysConfig = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-            let path = e.path().to_string();
-            format!("at `algorithm.{path}`: {}", e.inner().message())
-        })?;
+    /// Parses and checks the table; errors name the key.
+    pub fn from_value(v: &toml::Value) -> Result<Self, ConfigError> {
+        let cfg: RecsysConfig = parse_config(v)?;
         let positive = [
             ("embedding_dim", cfg.embedding_dim as usize),
             ("hidden", cfg.hidden as usize),
@@ -57,7 +55,7 @@ impl RecsysConfig {
         ];
         for (name, v) in positive {
             if v == 0 || v > 1 << 30 {
-                return Err(format!("at `algorithm.{name}`: must be between 1 and 2^30"));
+                return Err(ConfigError::new(name, "must be between 1 and 2^30"));
             }
         }
         Ok(cfg)

@@ -25,7 +25,7 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
     },
 ];
 
-fn validate(v: &toml::Value) -> Result<(), String> {
+fn validate(v: &toml::Value) -> Result<(), kiln_worker::ConfigError> {
     RecsysConfig::from_value(v).map(|_| ())
 }
 
