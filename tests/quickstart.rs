@@ -28,6 +28,12 @@ fn mmoe_and_shared_bottom_learn_both_tasks() {
             assert!(dir.path().join("runs").join(name).join(f).exists(), "missing {f}");
         }
         assert!(text(&out).contains("run complete"), "{}", text(&out));
+        // The store (here another directory) holds the run's metrics and summary too.
+        for f in ["metrics.jsonl", "summary.json"] {
+            let local = std::fs::read(dir.path().join("runs").join(name).join(f)).unwrap();
+            let stored = std::fs::read(dir.path().join("store").join(name).join(f)).unwrap();
+            assert_eq!(local, stored, "{f} in the store differs");
+        }
     }
     // `kiln report` regenerates the report on its own.
     let mut c = kiln();

@@ -163,6 +163,20 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), StoreError>
     }
 }
 
+/// The local directory that holds run `run` when `url` names a file store (a plain
+/// path or `file://`), so callers can tell whether a local file already lives in
+/// the store.
+pub fn local_run_dir(url: &str, run: &str) -> Option<std::path::PathBuf> {
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") => rest,
+        Some(_) => return None,
+        None => url,
+    };
+    let dir = std::path::PathBuf::from(rest);
+    let dir = if dir.is_absolute() { dir } else { std::env::current_dir().ok()?.join(dir) };
+    Some(dir.join(run))
+}
+
 fn join(base: &Path, rel: &str) -> Path {
     let mut p = base.clone();
     for part in rel.split('/').filter(|s| !s.is_empty()) {

@@ -15,7 +15,7 @@ use crate::optim::{clip_grad_norm, Optimizer};
 use crate::schedule::lr_at;
 use crate::signals::StopFlag;
 use crate::spec::JobSpec;
-use kiln_cluster::checkpoint::{decode_tensors, encode_tensors_into, reclaim, CheckpointStore, PendingSave, SaveMeta, Shard};
+use kiln_cluster::checkpoint::{local_run_dir, decode_tensors, encode_tensors_into, reclaim, CheckpointStore, PendingSave, SaveMeta, Shard};
 use kiln_cluster::ddp::{broadcast_parameters, define_grad, GradSync};
 use kiln_cluster::{Communicator, ReduceOp};
 use serde_json::json;
@@ -234,6 +234,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         if comm.any(stop.raised())? && done < total {
             tracing::warn!(step = done, "stop requested: checkpointing and exiting");
             ckpt.save(me, done, &named, &opt, true)?;
+            if me == 0 {
+                publish_artifacts(&ckpt.store, cfg)?;
+            }
             comm.barrier()?;
             metrics.event(json!({ "event": "stopped", "step": done }));
             return Ok(Outcome::Preempted { step: done });
@@ -244,6 +247,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     comm.barrier()?;
     if me == 0 {
         write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s())?;
+        publish_artifacts(&ckpt.store, cfg)?;
     }
     metrics.event(json!({ "event": "done", "step": total }));
     Ok(Outcome::Completed { step: total, eval: last_eval })
@@ -302,6 +306,22 @@ fn resume_point(
     }
     tracing::info!(step, "resumed");
     Ok((step, loaded.skipped.iter().map(|(s, _)| *s).collect()))
+}
+
+/// Copies the run's metrics and summary next to its checkpoints when the store is
+/// somewhere else (S3, another directory), so any node can see how a run went.
+fn publish_artifacts(store: &CheckpointStore, cfg: &RunConfig) -> Result<(), WorkerError> {
+    let here = cfg.run_dir.canonicalize().ok();
+    let there = local_run_dir(&cfg.spec.checkpoint.store, &cfg.spec.name).and_then(|d| d.canonicalize().ok());
+    if here.is_some() && here == there {
+        return Ok(());
+    }
+    for name in ["metrics.jsonl", "summary.json"] {
+        if let Ok(bytes) = std::fs::read(cfg.run_dir.join(name)) {
+            store.put_object(name, bytes.into())?;
+        }
+    }
+    Ok(())
 }
 
 fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<String, f64>, wall_s: f64) -> Result<(), WorkerError> {
