@@ -85,6 +85,9 @@ pub struct CheckpointStore {
     url: String,
     run_prefix: Path,
     runtime: Arc<Runtime>,
+    /// The run's directory when the store is local: object stores have no
+    /// directories, but a file system keeps empty ones after their objects go.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 /// A checkpoint upload running in the background.
@@ -210,7 +213,13 @@ impl CheckpointStore {
             .thread_name("kiln-ckpt")
             .enable_all()
             .build()?;
-        Ok(CheckpointStore { store, url: url.to_string(), run_prefix: join(&prefix, run), runtime: Arc::new(runtime) })
+        Ok(CheckpointStore {
+            store,
+            url: url.to_string(),
+            run_prefix: join(&prefix, run),
+            runtime: Arc::new(runtime),
+            local_dir: local_run_dir(url, run),
+        })
     }
 
     /// Another view of the same store (shares the in-memory backend for `memory://`).
@@ -224,6 +233,7 @@ impl CheckpointStore {
             url: self.url.clone(),
             run_prefix: join(&prefix, run),
             runtime: self.runtime.clone(),
+            local_dir: local_run_dir(&self.url, run),
         })
     }
 
@@ -387,6 +397,10 @@ impl CheckpointStore {
                     Ok::<(), object_store::Error>(())
                 })
                 .map_err(|source| StoreError::Object { path: self.step_dir(step).to_string(), source })?;
+            if let Some(dir) = &self.local_dir {
+                // Only succeeds when empty, which is the point.
+                let _ = std::fs::remove_dir(dir.join("ckpt").join(format!("step-{step:010}")));
+            }
         }
         doomed.sort_unstable();
         Ok(doomed)

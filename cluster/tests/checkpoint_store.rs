@@ -88,6 +88,13 @@ fn memory_store_suite() {
 fn file_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     suite(&format!("file://{}", dir.path().display()));
+    // Retention leaves no empty step directories behind on a file system.
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("suite-run/ckpt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["step-0000000020", "step-0000000025"]);
     // A plain path is a file store too.
     let rel = dir.path().join("plain");
     let s = CheckpointStore::open(rel.to_str().unwrap(), "r").unwrap();
