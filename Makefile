@@ -21,13 +21,14 @@ demo: build
 
 test: setup
 	$(CARGO) build --workspace --bins --tests
-	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log
-	$(MAKE) check-cuda
-	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
+	status=0; $(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log || status=$$?; \
+	$(MAKE) check-cuda || status=1; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log; \
+	exit $$status
 
 # GPU code paths must keep compiling on machines without a GPU.
 check-cuda:
-	$(CARGO) check --workspace --features cuda
+	$(CARGO) check --workspace --all-targets --features cuda
 
 bench: build
 	bash bench/run-all.sh

@@ -26,12 +26,42 @@ fn conformance_under_mpirun_with_2_and_3_ranks() {
     }
 }
 
+/// The same suite on NCCL, one rank per GPU: needs a GPU machine and a `cuda`
+/// build, so it is ignored by default; `scripts/gpu-checks.sh` runs it with
+/// `--ignored`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs NVIDIA GPUs; run by scripts/gpu-checks.sh"]
+fn nccl_conformance_one_rank_per_gpu() {
+    let exe = std::env::current_exe().expect("test binary path");
+    let gpus = tch::Cuda::device_count().max(1) as usize;
+    let out = mpirun(gpus, &exe)
+        .args(["--exact", "rank_entry_point", "--nocapture", "--test-threads", "1"])
+        .env("KILN_TEST_MPI_RANK", "1")
+        .env("KILN_TEST_NCCL", "1")
+        .output()
+        .expect("mpirun");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("CONFORMANCE-OK").count(), gpus, "{stdout}");
+}
+
 #[test]
 fn rank_entry_point() {
     if std::env::var("KILN_TEST_MPI_RANK").is_err() {
-        return; // only does work as a rank under mpirun (see the launcher test above)
+        return; // only does work as a rank under mpirun (see the launcher tests above)
     }
     let comm = MpiComm::init().expect("MPI init");
+    #[cfg(feature = "cuda")]
+    if std::env::var("KILN_TEST_NCCL").is_ok() {
+        let topo = kiln_cluster::Topology::from_env();
+        let nccl = kiln_cluster::comm::NcclComm::new(Box::new(comm), topo.local_rank).expect("NCCL init");
+        match kiln_cluster::conformance::run(&nccl, tch::Device::Cuda(topo.local_rank)) {
+            Ok(passed) => println!("CONFORMANCE-OK nccl rank {} passed {} checks", topo.rank, passed.len()),
+            Err(f) => panic!("{f}"),
+        }
+        return;
+    }
     match kiln_cluster::conformance::run(&comm, tch::Device::Cpu) {
         Ok(passed) => println!("CONFORMANCE-OK rank {} passed {} checks", kiln_cluster::Communicator::rank(&comm), passed.len()),
         Err(f) => panic!("{f}"),
