@@ -20,6 +20,7 @@ demo: build
 	$(KILN) run examples/quickstart.toml --ranks 2
 
 test: setup
+	bash scripts/slurm-cluster.sh start
 	$(CARGO) build --workspace --bins --tests
 	status=0; $(CARGO) test --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.log || status=$$?; \
 	$(MAKE) check-cuda || status=1; \

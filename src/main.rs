@@ -9,6 +9,7 @@ mod bench;
 mod registry;
 mod report;
 mod run;
+mod slurm_cmd;
 mod worker_cmd;
 
 use anyhow::Result;
@@ -48,6 +49,9 @@ enum Command {
     /// Benchmarks (not tests): all-reduce bandwidth, checkpoint throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// SLURM without a coordinator: render or submit a job's sbatch script.
+    #[command(subcommand)]
+    Slurm(slurm_cmd::SlurmCommand),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -98,5 +102,6 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(b) => bench::bench(b),
+        Command::Slurm(c) => slurm_cmd::slurm(c),
     }
 }

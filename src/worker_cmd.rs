@@ -6,7 +6,7 @@ use clap::Args;
 use kiln_cluster::launch::EXIT_PREEMPTED;
 use kiln_worker::bootstrap::bootstrap;
 use kiln_worker::signals::StopFlag;
-use kiln_worker::train_loop::{train, Outcome, RunConfig};
+use kiln_worker::train_loop::{train, Outcome, ResumeMode, RunConfig};
 use kiln_worker::BuildContext;
 use std::path::PathBuf;
 
@@ -18,8 +18,12 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub run_dir: PathBuf,
     /// Continue from the newest committed checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "auto_resume")]
     pub resume: bool,
+    /// Continue from the newest committed checkpoint if there is one, else start
+    /// fresh (what a requeued SLURM job or a restarted attempt needs).
+    #[arg(long)]
+    pub auto_resume: bool,
     /// Mirror progress to stdout as `@kiln {json}` lines.
     #[arg(long)]
     pub progress: bool,
@@ -38,7 +42,12 @@ pub fn worker(args: WorkerArgs) -> Result<i32> {
         micro_steps: spec.train.micro_steps,
     };
     let mut algo = (entry.build)(&spec.algorithm_config(), &ctx).context("building the algorithm")?;
-    let cfg = RunConfig { spec: &spec, run_dir: args.run_dir.clone(), resume: args.resume, progress: args.progress };
+    let resume = match (args.resume, args.auto_resume) {
+        (true, _) => ResumeMode::Resume,
+        (_, true) => ResumeMode::Auto,
+        _ => ResumeMode::Fresh,
+    };
+    let cfg = RunConfig { spec: &spec, run_dir: args.run_dir.clone(), resume, progress: args.progress };
     match train(&rank, algo.as_mut(), &cfg, &stop) {
         Ok(Outcome::Completed { step, .. }) => {
             if rank.topology.rank == 0 {

@@ -57,13 +57,35 @@ pub enum Backend {
     Slurm,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Launch {
     pub backend: Backend,
     pub partition: Option<String>,
     pub account: Option<String>,
     pub qos: Option<String>,
+    /// Memory per node for SLURM (`64G`, `4000M`).
+    pub mem: Option<String>,
+    /// Seconds before the time limit at which SLURM sends SIGUSR1, so the ranks
+    /// checkpoint and exit before they are killed.
+    pub signal_grace_s: u32,
+    /// Let SLURM requeue the job after preemption or node failure; it resumes
+    /// from its newest checkpoint.
+    pub requeue: bool,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch {
+            backend: Backend::Local,
+            partition: None,
+            account: None,
+            qos: None,
+            mem: None,
+            signal_grace_s: 120,
+            requeue: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -29,9 +29,21 @@ pub struct RunConfig<'a> {
     pub spec: &'a JobSpec,
     /// Local directory for metrics and the summary (`runs/<name>` by default).
     pub run_dir: PathBuf,
-    pub resume: bool,
+    pub resume: ResumeMode,
     /// Mirror progress to stdout for `kiln run`'s bar.
     pub progress: bool,
+}
+
+/// What to do with checkpoints already in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Start at step 0; refuse if the run already has checkpoints (nothing is overwritten).
+    Fresh,
+    /// Continue from the newest verified commit; refuse if there is none.
+    Resume,
+    /// Continue if there is a commit, else start fresh: for launchers that restart
+    /// jobs by themselves (SLURM requeue, the coordinator's restart policy).
+    Auto,
 }
 
 /// How the loop ended.
@@ -253,11 +265,11 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     Ok(Outcome::Completed { step: total, eval: last_eval })
 }
 
-/// Where to start: 0 for a fresh run, the newest verified commit for `--resume`.
+/// Where to start: 0 for a fresh run, the newest verified commit when resuming.
 fn resume_point(
     store: &CheckpointStore,
     spec: &JobSpec,
-    resume: bool,
+    mode: ResumeMode,
     (me, world): (usize, usize),
     named: &[(String, Tensor)],
     opt: &mut Optimizer,
@@ -265,14 +277,14 @@ fn resume_point(
     let loaded = store.load_latest()?;
     let store_desc = format!("{}/{}", spec.checkpoint.store, spec.name);
     let Some(loaded) = loaded else {
-        return if resume {
+        return if mode == ResumeMode::Resume {
             Err(WorkerError::NothingToResume { run: spec.name.clone(), store: store_desc })
         } else {
             Ok((0, vec![]))
         };
     };
     let step = loaded.manifest.step;
-    if !resume {
+    if mode == ResumeMode::Fresh {
         return Err(WorkerError::RunExists { run: spec.name.clone(), store: store_desc, step });
     }
     for (skipped, why) in &loaded.skipped {
