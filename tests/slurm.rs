@@ -81,3 +81,57 @@ fn render_refuses_a_bad_time_limit_with_the_file_name() {
     let all = text(&out);
     assert!(all.contains("t.toml") && all.contains("time limit '2h'"), "{all}");
 }
+
+/// The preemption path: SIGUSR1 to the batch shell (what `--signal=B:USR1@grace`
+/// sends before the time limit; here sent at once with `scancel --batch`) reaches
+/// every rank through srun, they commit a checkpoint and exit 75, the script
+/// requeues the job, and the requeued job resumes and ends on the trajectory of an
+/// uninterrupted run.
+#[test]
+fn usr1_checkpoints_requeues_and_the_job_completes_on_the_same_trajectory() {
+    let client = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 4000;
+    let spec = write_spec(dir.path(), &Job { name: "preempt", steps, every: 0, ..Job::default() });
+    let text_spec = std::fs::read_to_string(&spec).unwrap().replacen("[checkpoint]", "[resources]\nranks_per_node = 2\n\n[checkpoint]", 1);
+    std::fs::write(&spec, text_spec).unwrap();
+    let id = submit(dir.path(), &spec);
+
+    let metrics = dir.path().join("runs/preempt/metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&metrics).map(|s| s.lines().count()).unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "job {id} did not start training");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.cancel(id, Some("USR1")).unwrap();
+
+    // Requeued: SLURM holds a requeued job back for ~2 minutes (BeginTime) while
+    // the old step is torn down. Once no step of the job is left (plus srun's own
+    // abort window), the test releases it instead of waiting out that policy.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = client.show(id).unwrap();
+        let requeued = info.get("Restarts").map(|r| r != "0").unwrap_or(false);
+        let no_steps = std::process::Command::new("squeue")
+            .args(["-h", "-s", "-j", &id.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            .unwrap_or(false);
+        if requeued && no_steps {
+            std::thread::sleep(Duration::from_secs(8));
+            let _ = std::process::Command::new("scontrol").args(["update", &format!("JobId={id}"), "StartTime=now"]).status();
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {id} was not requeued: {info:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = wait_terminal(&client, id, Duration::from_secs(300));
+    let log = std::fs::read_to_string(dir.path().join(format!("runs/preempt/slurm-{id}.out"))).unwrap_or_default();
+    assert_eq!(state, JobState::Completed, "job log:\n{log}");
+    assert!(log.contains("stop requested") && log.contains("resumed"), "the job must have stopped and resumed:\n{log}");
+
+    let local = write_spec(dir.path(), &Job { name: "straight", steps, every: 0, ..Job::default() });
+    assert!(kiln_run(dir.path(), &local, 2, &[]).status.success());
+    let d = max_diff(&params(dir.path(), "preempt", steps), &params(dir.path(), "straight", steps));
+    assert!(d <= 1e-6, "preempted + requeued run differs by {d}");
+}

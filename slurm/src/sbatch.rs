@@ -2,6 +2,10 @@
 
 use crate::error::SlurmError;
 
+/// The exit code kiln ranks use after checkpointing on a stop request (kept equal
+/// to `kiln_cluster::launch::EXIT_PREEMPTED`; this crate does not depend on it).
+pub const PREEMPTED_EXIT: i32 = 75;
+
 /// Everything an sbatch script says, in SLURM's terms. Callers (the coordinator,
 /// `kiln slurm render`) fill it from their own job description.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,19 +164,40 @@ impl SbatchRequest {
             d("chdir", shell_quote(v));
         }
         if let Some(g) = self.signal_grace_s {
-            // B: the batch shell gets it; `exec srun` below makes that shell srun,
-            // which forwards SIGUSR1 to every task.
+            // B: the batch shell gets it and hands it to srun (see the traps below).
             d("signal", format!("B:USR1@{g}"));
         }
         if self.requeue {
             s.push_str("#SBATCH --requeue\n#SBATCH --open-mode=append\n");
         }
-        s.push_str("\nset -euo pipefail\n");
+        s.push_str("\nset -uo pipefail\n");
         for (k, v) in &self.env {
             s.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
         let cmd: Vec<String> = self.command.iter().map(|c| shell_quote(c)).collect();
-        s.push_str(&format!("exec srun --mpi=pmix --kill-on-bad-exit=1 {}\n", cmd.join(" ")));
+        s.push_str(&format!("srun --mpi=pmix --kill-on-bad-exit=1 {} &\n", cmd.join(" ")));
+        // SLURM signals this shell (--signal=B:USR1@grace, scancel --batch); srun
+        // passes what it gets on to every task. `wait` returns early when a trap
+        // runs, so wait again until the step has really ended.
+        s.push_str(concat!(
+            "step=$!\n",
+            "trap 'kill -USR1 \"$step\" 2>/dev/null' USR1\n",
+            "trap 'kill -TERM \"$step\" 2>/dev/null' TERM\n",
+            "rc=0\n",
+            "while :; do\n",
+            "  wait \"$step\" && rc=0 || rc=$?\n",
+            "  kill -0 \"$step\" 2>/dev/null || break\n",
+            "done\n",
+        ));
+        if self.requeue {
+            // The ranks exit with 75 after committing a checkpoint on request: the
+            // job is unfinished, not failed, so it goes back into the queue and
+            // resumes from that checkpoint.
+            s.push_str(&format!(
+                "if [ \"$rc\" -eq {PREEMPTED_EXIT} ]; then\n  scontrol requeue \"$SLURM_JOB_ID\"\nfi\n"
+            ));
+        }
+        s.push_str("exit \"$rc\"\n");
         Ok(s)
     }
 }
@@ -220,7 +245,8 @@ mod tests {
             "#SBATCH --signal=B:USR1@120",
             "#SBATCH --requeue",
             "export KILN_RUN='it'\\''s here'",
-            "exec srun --mpi=pmix --kill-on-bad-exit=1 /opt/kiln worker 'job dir/job.toml'",
+            "srun --mpi=pmix --kill-on-bad-exit=1 /opt/kiln worker 'job dir/job.toml' &",
+            "  scontrol requeue \"$SLURM_JOB_ID\"",
         ] {
             assert!(s.lines().any(|l| l == line), "missing `{line}` in:\n{s}");
         }
