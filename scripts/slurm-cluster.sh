@@ -78,6 +78,8 @@ start() {
   install
   configure
   if ! pgrep -x munged >/dev/null; then
+    # A previous session's munged may have died without cleaning up.
+    rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
     runuser -u munge -- /usr/sbin/munged
   fi
   pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld -c

@@ -95,6 +95,8 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<i32> {
         let line = line.context("reading worker output")?;
         match line.strip_prefix(PROGRESS_PREFIX).and_then(|j| serde_json::from_str::<Value>(j).ok()) {
             Some(v) => show_progress(&bar, &v),
+            // A hidden bar (no terminal) prints nothing, so pass the line on directly.
+            None if bar.is_hidden() => println!("{line}"),
             None => bar.println(line),
         }
     }
@@ -161,6 +163,15 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// A progress line above the bar, or on stderr when there is no bar (no terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn show_progress(bar: &ProgressBar, v: &Value) {
     let num = |k: &str| v.get(k).and_then(Value::as_f64);
     if let Some(event) = v.get("event").and_then(Value::as_str) {
@@ -177,11 +188,7 @@ fn show_progress(bar: &ProgressBar, v: &Value) {
             _ => return,
         };
         bar.set_position(step);
-        if bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            bar.println(line);
-        }
+        say(bar, line);
         return;
     }
     let step = num("step").unwrap_or(0.0) as u64;
@@ -195,7 +202,7 @@ fn show_progress(bar: &ProgressBar, v: &Value) {
             bar.set_position(step);
             bar.set_message(msg.clone());
             if bar.is_hidden() {
-                eprintln!("step {step}: {msg}");
+                say(bar, format!("step {step}: {msg}"));
             }
         }
         Some("eval") => {
@@ -207,12 +214,7 @@ fn show_progress(bar: &ProgressBar, v: &Value) {
                 .filter_map(|(k, x)| x.as_f64().map(|f| format!("{k} {f:.4}")))
                 .collect();
             parts.sort();
-            let line = format!("eval @ {step}: {}", parts.join("  "));
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
+            say(bar, format!("eval @ {step}: {}", parts.join("  ")));
         }
         _ => {}
     }

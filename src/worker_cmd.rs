@@ -57,7 +57,11 @@ pub fn worker(args: WorkerArgs) -> Result<i32> {
         }
         Ok(Outcome::Preempted { step }) => {
             if rank.topology.rank == 0 {
-                eprintln!("stopped at step {step}; checkpoint committed. Resume with: kiln run {} --resume", args.spec.display());
+                if args.auto_resume {
+                    eprintln!("stopped at step {step}; checkpoint committed. The next start of this job resumes from it.");
+                } else {
+                    eprintln!("stopped at step {step}; checkpoint committed. Resume with: kiln run {} --resume", args.spec.display());
+                }
             }
             Ok(EXIT_PREEMPTED)
         }
