@@ -15,7 +15,7 @@ cargo build --features cuda --bins --tests 2>&1 | tail -n 3 | tee "$OUT/build.tx
 gpus=$(nvidia-smi -L | wc -l)
 ranks=$(( gpus < 2 ? 1 : gpus ))
 cargo test --features cuda -p kiln-cluster --test mpi_conformance -- --ignored --nocapture 2>&1 | tee "$OUT/nccl-conformance.txt"
-sed 's/^name = "quickstart"/name = "gpu-smoke"/; s/^steps = [0-9]*/steps = 50/' examples/quickstart.toml > "$OUT/gpu.toml"
+sed "s/^name = \"quickstart\"/name = \"gpu-smoke\"/; s/^steps = [0-9]*/steps = 50/; s/^global_batch = [0-9]*/global_batch = $((128 * ranks))/" examples/quickstart.toml > "$OUT/gpu.toml"
 printf '\n' >> "$OUT/gpu.toml"
 sed -i 's/^\[train\]$/[train]\ndevice = "cuda"/' "$OUT/gpu.toml"
 rm -rf runs/gpu-smoke

@@ -16,7 +16,7 @@ S3S_FS_VERSION=0.14.1
 say() { printf '[setup] %s\n' "$*"; }
 
 missing=()
-for pkg in openmpi-bin libopenmpi-dev libclang-dev pkg-config fonts-dejavu-core; do
+for pkg in openmpi-bin libopenmpi-dev libclang-dev pkg-config g++ python3-venv procps fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

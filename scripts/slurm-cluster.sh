@@ -20,7 +20,7 @@ say() { printf '[slurm-cluster] %s\n' "$*"; }
 
 install() {
   local missing=()
-  for pkg in slurm-wlm munge; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  for pkg in slurm-wlm munge procps; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     apt-get update -qq

@@ -34,7 +34,7 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<i32> {
     let (spec, _entry) = registry::load_spec(&args.spec)?;
     let ranks = args.ranks.map(|r| r as usize).unwrap_or_else(|| spec.resources.world_size());
     spec.check_world(ranks).map_err(|e| anyhow!("{}: {e}", args.spec.display()))?;
-    if ranks > 1 && spec.checkpoint.store.starts_with("memory://") {
+    if ranks > 1 && kiln_cluster::checkpoint::is_process_local(&spec.checkpoint.store) {
         bail!(
             "{}: checkpoint.store = \"memory://\" lives inside one process, so it cannot serve {ranks} ranks; use a directory or s3:// (or --ranks 1)",
             args.spec.display()

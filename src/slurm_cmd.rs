@@ -76,6 +76,13 @@ pub fn slurm(cmd: SlurmCommand) -> Result<i32> {
         }
         SlurmCommand::Submit { spec, run_dir } => {
             let (job, _) = registry::load_spec(&spec)?;
+            if kiln_cluster::checkpoint::is_process_local(&job.checkpoint.store) {
+                anyhow::bail!(
+                    "{}: checkpoint.store = \"{}\" lives inside one process; a SLURM job needs a store every task and every requeue can reach (a shared directory or s3://)",
+                    spec.display(),
+                    job.checkpoint.store
+                );
+            }
             let run_dir = run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&job.name));
             std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
             let script = request_for(&job, &spec, &run_dir)?.render().with_context(|| format!("{}: [resources] / [launch]", spec.display()))?;

@@ -33,6 +33,17 @@ pub fn worker(args: WorkerArgs) -> Result<i32> {
     let stop = StopFlag::install().context("installing signal handlers")?;
     let (spec, entry) = registry::load_spec(&args.spec)?;
     let rank = bootstrap(&spec.train.device).context("starting the rank")?;
+    let world = rank.comm.world_size();
+    if world > 1 {
+        // A rank that fails must not wait in MPI_Finalize for peers that are blocked
+        // in the next collective: leave at once, and mpirun / srun
+        // (--kill-on-bad-exit) end the other ranks.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            std::process::exit(101);
+        }));
+    }
     let ctx = BuildContext {
         device: rank.device,
         seed: spec.train.seed,
@@ -65,6 +76,13 @@ pub fn worker(args: WorkerArgs) -> Result<i32> {
             }
             Ok(EXIT_PREEMPTED)
         }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("rank {} failed", rank.topology.rank))),
+        Err(e) => {
+            let e = anyhow::Error::new(e).context(format!("rank {} failed", rank.topology.rank));
+            if world > 1 {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            Err(e)
+        }
     }
 }

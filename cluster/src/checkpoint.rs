@@ -19,7 +19,7 @@
 //! safetensors.
 
 use crate::error::StoreError;
-use bytes::Bytes;
+pub use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -311,7 +311,7 @@ impl CheckpointStore {
         let store = self.store.clone();
         self.runtime.block_on(async move {
             let commit = dir.clone().join("COMMIT");
-            let raw = get_bytes(&*store, &commit).await?;
+            let raw = get_bytes(&*store, &commit).await.map_err(missing_is_corrupt)?;
             let manifest: Manifest = serde_json::from_slice(&raw)
                 .map_err(|source| StoreError::Manifest { path: commit.to_string(), source })?;
             if manifest.step != step {
@@ -323,10 +323,7 @@ impl CheckpointStore {
             let mut shards = BTreeMap::new();
             for entry in &manifest.shards {
                 let path = dir.clone().join(entry.name.as_str());
-                let data = get_bytes(&*store, &path).await.map_err(|e| StoreError::Corrupt {
-                    path: path.to_string(),
-                    reason: format!("shard unreadable: {e}"),
-                })?;
+                let data = get_bytes(&*store, &path).await.map_err(missing_is_corrupt)?;
                 if data.len() as u64 != entry.bytes {
                     return Err(StoreError::Corrupt {
                         path: path.to_string(),
@@ -353,6 +350,9 @@ impl CheckpointStore {
         for step in self.committed_steps()? {
             match self.load_step(step) {
                 Ok((manifest, shards)) => return Ok(Some(Loaded { manifest, shards, skipped })),
+                // A timeout or a 5xx says nothing about the checkpoint: give up rather
+                // than fall back to an older step (and set a good one aside).
+                Err(e @ (StoreError::Object { .. } | StoreError::Runtime(_))) => return Err(e),
                 Err(e) => {
                     tracing::warn!(step, error = %e, "checkpoint failed verification; falling back to the previous commit");
                     skipped.push((step, e.to_string()));
@@ -434,6 +434,17 @@ impl CheckpointStore {
         let path = join(&self.run_prefix, rel);
         let store = self.store.clone();
         self.runtime.block_on(async move { get_bytes(&*store, &path).await })
+    }
+}
+
+/// A missing object of a committed checkpoint means the checkpoint is damaged;
+/// any other storage error is passed on as it is.
+fn missing_is_corrupt(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Object { path, source: object_store::Error::NotFound { .. } } => {
+            StoreError::Corrupt { path, reason: "object is missing".into() }
+        }
+        other => other,
     }
 }
 
@@ -596,6 +607,12 @@ pub fn decode_tensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, StoreError>
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// Whether a store lives inside one process (`memory://`), so ranks in other
+/// processes cannot share it.
+pub fn is_process_local(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("memory"))
 }
 
 /// Checks a store URL's form without opening anything (for spec validation).

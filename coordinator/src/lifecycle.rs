@@ -116,6 +116,18 @@ pub fn next(status: JobStatus, event: &Event, restarts: u32, max_restarts: u32) 
     }
 }
 
+/// Whether `event` is about the job's current attempt (`attempts` launched so
+/// far): a launch must start the next one, and reports must be about the latest.
+/// A late report from an attempt that was already written off (say, found lost
+/// after a coordinator restart) must not end the attempt running now.
+pub fn is_current(event: &Event, attempts: u32) -> bool {
+    match event {
+        Event::Launch { attempt } => *attempt == attempts + 1,
+        Event::Started { attempt } | Event::AttemptEnded { attempt, .. } => *attempt == attempts,
+        Event::Cancel => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +179,15 @@ mod tests {
         }
         assert!(next(Queued, &Event::Started { attempt: 1 }, 0, 0).is_none());
         assert!(next(Running, &Event::Launch { attempt: 1 }, 0, 0).is_none());
+    }
+
+    #[test]
+    fn only_the_current_attempt_counts() {
+        assert!(is_current(&Event::Launch { attempt: 1 }, 0));
+        assert!(!is_current(&Event::Launch { attempt: 3 }, 1));
+        assert!(is_current(&Event::Started { attempt: 2 }, 2));
+        assert!(!is_current(&ended(AttemptCause::Exited { code: 0 }), 2));
+        assert!(is_current(&Event::Cancel, 7));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! the API's request handlers write concurrently.
 
 use crate::error::CoordinatorError;
-use crate::lifecycle::{next, Event, JobStatus};
+use crate::lifecycle::{is_current, next, Event, JobStatus};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -235,7 +235,9 @@ impl Store {
             .ok_or(CoordinatorError::NoSuchJob(id))?;
         let status = JobStatus::parse(&status)
             .ok_or_else(|| CoordinatorError::Corrupt { path: path.clone(), detail: format!("job {id} has status '{status}'") })?;
-        let t = next(status, event, restarts, max_restarts)
+        let t = Some(())
+            .filter(|_| is_current(event, attempts))
+            .and_then(|_| next(status, event, restarts, max_restarts))
             .ok_or_else(|| CoordinatorError::InvalidTransition { job: id, status, event: event.clone() })?;
         let attempts = match event {
             Event::Launch { attempt } => (*attempt).max(attempts),

@@ -96,7 +96,16 @@ fn lifecycle_with_a_restart_then_failure_is_recorded_in_order() {
     for (rec, (event, status)) in events.iter().zip(&steps) {
         assert_eq!((&rec.event, rec.status), (event, *status));
     }
-    // A late report changes nothing.
+    // A late report changes nothing: neither about a finished job, nor about an
+    // attempt that is not the current one.
+    let other = s.submit(&job("late", 0, None)).unwrap();
+    s.apply(other, &Event::Launch { attempt: 1 }).unwrap();
+    s.apply(other, &Event::AttemptEnded { attempt: 1, cause: AttemptCause::Lost }).unwrap();
+    s.apply(other, &Event::Launch { attempt: 2 }).unwrap();
+    let stale = Event::AttemptEnded { attempt: 1, cause: AttemptCause::Exited { code: 0 } };
+    assert!(s.apply(other, &stale).is_err());
+    assert!(s.apply(other, &Event::Launch { attempt: 4 }).is_err());
+    assert_eq!(s.get(other).unwrap().status, JobStatus::Launching);
     let err = s.apply(id, &Event::Cancel).unwrap_err();
     assert!(err.to_string().contains("is failed"), "{err}");
     assert_eq!(s.get(id).unwrap().status, JobStatus::Failed);

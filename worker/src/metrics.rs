@@ -54,16 +54,22 @@ impl MetricsWriter {
         }
         let line = Value::Object(obj).to_string();
         writeln!(file, "{line}").map_err(|source| WorkerError::Io { path: path.display().to_string(), source })?;
-        if self.progress {
-            println!("{PROGRESS_PREFIX}{line}");
-        }
+        self.mirror(&line);
         Ok(())
     }
 
     /// A progress-only event (start, checkpoint, stop) for `kiln run`.
     pub fn event(&self, value: Value) {
+        self.mirror(&value.to_string());
+    }
+
+    /// Progress goes to whoever reads our stdout; if they went away, training goes
+    /// on (println! would panic on a closed pipe).
+    fn mirror(&self, line: &str) {
         if self.progress {
-            println!("{PROGRESS_PREFIX}{value}");
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{PROGRESS_PREFIX}{line}").and_then(|_| out.flush());
         }
     }
 }

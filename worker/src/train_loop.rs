@@ -22,6 +22,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
+use kiln_cluster::checkpoint::Bytes;
 use tch::Tensor;
 
 /// How a run is started.
@@ -153,7 +154,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect());
 
     // Resume point, agreed by all ranks.
-    let (start, corrupt) = agree(comm, resume_point(&store, spec, cfg.resume, (me, world), &named, &mut opt))?;
+    let (start, corrupt) = resume_point(comm, &store, spec, cfg.resume, &named, &mut opt)?;
     // Once every rank has read its resume point, corrupt newer commits are set aside
     // (kept as COMMIT.corrupt) so this run can commit those steps again.
     comm.barrier()?;
@@ -255,6 +256,23 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
     }
 
+    if last_eval.is_empty() {
+        // Resumed at the very end (e.g. a requeue after the final commit): evaluate
+        // once so the summary is complete.
+        let _g = tch::no_grad_guard();
+        let ctx = StepContext {
+            step: total.saturating_sub(1),
+            micro_step: 0,
+            micro_steps,
+            rank: me,
+            world_size: world,
+            device: rank.device,
+            seed: spec.train.seed,
+            comm,
+        };
+        last_eval = algo.evaluate(&ctx)?;
+        metrics.record("eval", total, &last_eval)?;
+    }
     ckpt.save(me, total, &named, &opt, true)?;
     comm.barrier()?;
     if me == 0 {
@@ -265,33 +283,33 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     Ok(Outcome::Completed { step: total, eval: last_eval })
 }
 
-/// Where to start: 0 for a fresh run, the newest verified commit when resuming.
-fn resume_point(
+/// Rank 0's choice of where to start: `None` for step 0, or the newest verified
+/// commit with its shards, plus the newer commits that failed verification.
+fn choose_start(
     store: &CheckpointStore,
     spec: &JobSpec,
     mode: ResumeMode,
-    (me, world): (usize, usize),
-    named: &[(String, Tensor)],
-    opt: &mut Optimizer,
-) -> Result<(u64, Vec<u64>), WorkerError> {
-    let loaded = store.load_latest()?;
+    world: usize,
+) -> Result<(Option<(u64, BTreeMap<String, Bytes>)>, Vec<u64>), WorkerError> {
     let store_desc = format!("{}/{}", spec.checkpoint.store, spec.name);
-    let Some(loaded) = loaded else {
+    if mode == ResumeMode::Fresh {
+        // Only the commit list is needed to refuse; nothing is downloaded.
+        return match store.committed_steps()?.first() {
+            Some(&step) => Err(WorkerError::RunExists { run: spec.name.clone(), store: store_desc, step }),
+            None => Ok((None, vec![])),
+        };
+    }
+    let Some(loaded) = store.load_latest()? else {
         return if mode == ResumeMode::Resume {
             Err(WorkerError::NothingToResume { run: spec.name.clone(), store: store_desc })
         } else {
-            Ok((0, vec![]))
+            Ok((None, vec![]))
         };
     };
     let step = loaded.manifest.step;
-    if mode == ResumeMode::Fresh {
-        return Err(WorkerError::RunExists { run: spec.name.clone(), store: store_desc, step });
-    }
     for (skipped, why) in &loaded.skipped {
         tracing::warn!(step = skipped, reason = %why, "skipped a corrupt checkpoint");
-        if me == 0 {
-            eprintln!("warning: checkpoint step {skipped} is corrupt ({why}); resuming from step {step} instead");
-        }
+        eprintln!("warning: checkpoint step {skipped} is corrupt ({why}); resuming from step {step} instead");
     }
     if loaded.manifest.world_size != world {
         return Err(WorkerError::WorldMismatch { step, ckpt_world: loaded.manifest.world_size, world });
@@ -299,8 +317,22 @@ fn resume_point(
     if loaded.manifest.spec_hash != spec.hash() {
         tracing::warn!(step, "the job spec changed since this checkpoint was written");
     }
+    if step > spec.train.steps {
+        return Err(WorkerError::BadCheckpoint { step, reason: format!("it is past train.steps ({})", spec.train.steps) });
+    }
+    let corrupt = loaded.skipped.iter().map(|(s, _)| *s).collect();
+    Ok((Some((step, loaded.shards)), corrupt))
+}
+
+/// Loads a checkpoint's model and optimizer shards into this rank's tensors.
+fn restore(
+    step: u64,
+    shards: &BTreeMap<String, Bytes>,
+    named: &[(String, Tensor)],
+    opt: &mut Optimizer,
+) -> Result<(), WorkerError> {
     let bad = |reason: String| WorkerError::BadCheckpoint { step, reason };
-    let model = loaded.shards.get("model.safetensors").ok_or_else(|| bad("no model shard".into()))?;
+    let model = shards.get("model.safetensors").ok_or_else(|| bad("no model shard".into()))?;
     let saved: BTreeMap<String, Tensor> = decode_tensors(model)?.into_iter().collect();
     let _g = tch::no_grad_guard();
     for (name, p) in named {
@@ -311,13 +343,39 @@ fn resume_point(
         let mut p = p.shallow_clone();
         p.f_copy_(&t.to_kind(p.kind()).to_device(p.device()))?;
     }
-    let optim = loaded.shards.get("optimizer.safetensors").ok_or_else(|| bad("no optimizer shard".into()))?;
+    let optim = shards.get("optimizer.safetensors").ok_or_else(|| bad("no optimizer shard".into()))?;
     opt.load_state(&decode_tensors(optim)?).map_err(bad)?;
-    if step > spec.train.steps {
-        return Err(bad(format!("it is past train.steps ({})", spec.train.steps)));
-    }
     tracing::info!(step, "resumed");
-    Ok((step, loaded.skipped.iter().map(|(s, _)| *s).collect()))
+    Ok(())
+}
+
+/// Where every rank starts: rank 0 chooses, broadcasts the step, and each rank
+/// loads exactly that commit (rank 0 from what it already read). Returns the step
+/// and the corrupt commits rank 0 skipped.
+fn resume_point(
+    comm: &dyn Communicator,
+    store: &CheckpointStore,
+    spec: &JobSpec,
+    mode: ResumeMode,
+    named: &[(String, Tensor)],
+    opt: &mut Optimizer,
+) -> Result<(u64, Vec<u64>), WorkerError> {
+    let me = comm.rank();
+    let choice = if me == 0 { choose_start(store, spec, mode, comm.world_size()) } else { Ok((None, vec![])) };
+    let (chosen, corrupt) = agree(comm, choice)?;
+    let mut t = Tensor::from_slice(&[chosen.as_ref().map(|(s, _)| *s as i64).unwrap_or(-1)]);
+    comm.broadcast(&mut t, 0)?;
+    let step = t.int64_value(&[0]);
+    if step < 0 {
+        return Ok((0, corrupt));
+    }
+    let step = step as u64;
+    let local = match chosen {
+        Some((_, shards)) => restore(step, &shards, named, opt),
+        None => store.load_step(step).map_err(WorkerError::from).and_then(|(_, shards)| restore(step, &shards, named, opt)),
+    };
+    agree(comm, local)?;
+    Ok((step, corrupt))
 }
 
 /// Copies the run's metrics and summary next to its checkpoints when the store is

@@ -34,6 +34,10 @@ pub(crate) fn bytes_of(t: &Tensor) -> Result<Vec<u8>, CommError> {
 pub(crate) fn with_slice_mut<T, R>(t: &mut Tensor, f: impl FnOnce(&mut [T]) -> R) -> R {
     debug_assert!(t.is_contiguous());
     let n = t.numel();
+    if n == 0 {
+        // libtorch gives empty tensors a null data pointer.
+        return f(&mut []);
+    }
     // SAFETY: see the contract above; `data_ptr` points at `n` elements of `T`.
     let slice = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n) };
     f(slice)

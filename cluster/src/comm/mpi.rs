@@ -101,6 +101,7 @@ impl MpiComm {
     /// about twice as long per byte here (docs/src/benchmarks.md).
     fn reduce_native<T: HostElem>(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
         let (ptr, n) = (t.data_ptr() as *mut T, t.numel());
+        // (An empty tensor yields no chunks, so its null data pointer is never used.)
         for (offset, len) in chunks(n) {
             // SAFETY: `ptr` points at `n` elements of `T` (a contiguous CPU tensor of the
             // matching kind, checked by the callers); MPI writes only within
@@ -244,6 +245,9 @@ impl Communicator for MpiComm {
         }
         let c = tensor.contiguous();
         let nbytes = c.numel() * c.kind().elt_size_in_bytes();
+        if nbytes == 0 {
+            return Ok(());
+        }
         // SAFETY: `c` is a contiguous CPU tensor of `nbytes` bytes, borrowed for the call.
         let buf = unsafe { std::slice::from_raw_parts_mut(c.data_ptr() as *mut u8, nbytes) };
         self.world.process_at_rank(root as i32).broadcast_into(buf);

@@ -8,7 +8,9 @@
 
 use super::{Communicator, ReduceOp};
 use crate::error::CommError;
+use cudarc::driver::CudaContext;
 use cudarc::nccl::{result, sys};
+use std::sync::Arc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tch::{Device, Kind, Tensor};
 
@@ -17,6 +19,8 @@ pub struct NcclComm {
     comm: sys::ncclComm_t,
     device: usize,
     bootstrap: Box<dyn Communicator>,
+    /// Keeps the device's primary context alive as long as the communicator.
+    _ctx: Arc<CudaContext>,
 }
 
 /// cudarc's loader panics when a symbol is missing; turn that into an error.
@@ -39,6 +43,38 @@ impl NcclComm {
     /// Creates the communicator: checks for a GPU and libnccl, exchanges the unique id
     /// over `bootstrap`, and initialises NCCL on GPU `device`.
     pub fn new(bootstrap: Box<dyn Communicator>, device: usize) -> Result<Self, CommError> {
+        // Every rank checks its own GPU and library, then all vote, so one rank's
+        // failure cannot leave the others waiting in the id exchange.
+        let local = Self::check_local(bootstrap.as_ref(), device);
+        if bootstrap.any(local.is_err())? {
+            local?;
+            return Err(CommError::NcclUnavailable("another rank could not start NCCL; see its error".into()));
+        }
+        let ctx = local?;
+        let id_bytes = if bootstrap.rank() == 0 { Self::unique_id() } else { Ok(vec![0u8; 128]) };
+        if bootstrap.any(id_bytes.is_err())? {
+            id_bytes?;
+            return Err(CommError::NcclUnavailable("rank 0 could not create the NCCL id; see its error".into()));
+        }
+        let all = bootstrap.all_gather_bytes(&id_bytes?)?;
+        let mut id = sys::ncclUniqueId { internal: [0; 128] };
+        for (dst, src) in id.internal.iter_mut().zip(&all[0]) {
+            *dst = *src as core::ffi::c_char;
+        }
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        let (world, rank) = (bootstrap.world_size() as i32, bootstrap.rank() as i32);
+        // SAFETY: `comm` is a valid out-pointer; the id is the one rank 0 created.
+        guarded("ncclCommInitRank", || unsafe { result::comm_init_rank(&mut comm, world, id, rank) })?;
+        Ok(NcclComm { comm, device, bootstrap, _ctx: ctx })
+    }
+
+    fn unique_id() -> Result<Vec<u8>, CommError> {
+        let id = guarded("ncclGetUniqueId", result::get_uniqueid)?;
+        Ok(id.internal.iter().map(|&c| c as u8).collect())
+    }
+
+    /// This rank's GPU, libnccl, and a CUDA context bound to this thread.
+    fn check_local(bootstrap: &dyn Communicator, device: usize) -> Result<Arc<CudaContext>, CommError> {
         if !tch::Cuda::is_available() {
             return Err(CommError::NcclUnavailable(
                 "no CUDA device is visible to libtorch (is this a GPU node, and is the CUDA torch wheel installed?)".into(),
@@ -57,27 +93,11 @@ impl NcclComm {
                 "libnccl.so.2 was not found; install the nvidia-nccl wheel (it comes with the CUDA torch wheel) or add its lib directory to LD_LIBRARY_PATH".into(),
             ));
         }
-        let ctx = cudarc::driver::CudaContext::new(device)
+        let ctx = CudaContext::new(device)
             .map_err(|e| CommError::NcclUnavailable(format!("CUDA context for GPU {device}: {e:?}")))?;
         ctx.bind_to_thread()
             .map_err(|e| CommError::NcclUnavailable(format!("binding GPU {device}: {e:?}")))?;
-
-        let id_bytes = if bootstrap.rank() == 0 {
-            let id = guarded("ncclGetUniqueId", result::get_uniqueid)?;
-            id.internal.iter().map(|&c| c as u8).collect::<Vec<u8>>()
-        } else {
-            vec![0u8; 128]
-        };
-        let all = bootstrap.all_gather_bytes(&id_bytes)?;
-        let mut id = sys::ncclUniqueId { internal: [0; 128] };
-        for (dst, src) in id.internal.iter_mut().zip(&all[0]) {
-            *dst = *src as core::ffi::c_char;
-        }
-        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
-        let (world, rank) = (bootstrap.world_size() as i32, bootstrap.rank() as i32);
-        // SAFETY: `comm` is a valid out-pointer; the id is the one rank 0 created.
-        guarded("ncclCommInitRank", || unsafe { result::comm_init_rank(&mut comm, world, id, rank) })?;
-        Ok(NcclComm { comm, device, bootstrap })
+        Ok(ctx)
     }
 
     fn check(&self, t: &Tensor, op: &'static str) -> Result<sys::ncclDataType_t, CommError> {
@@ -113,6 +133,10 @@ impl Communicator for NcclComm {
     }
 
     fn all_reduce(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
+        // Host scalars (loss sums, stop flags) travel over the bootstrap communicator.
+        if tensor.device() == Device::Cpu {
+            return self.bootstrap.all_reduce(tensor, op);
+        }
         let dtype = self.check(tensor, "all_reduce")?;
         let c = tensor.contiguous();
         let red = match op {
@@ -134,6 +158,14 @@ impl Communicator for NcclComm {
     }
 
     fn all_reduce_many(&self, tensors: &mut [Tensor], op: ReduceOp) -> Result<(), CommError> {
+        // Strided or host tensors: one at a time (a copy-back inside a group would run
+        // before the grouped reduction does).
+        if tensors.iter().any(|t| t.device() == Device::Cpu || !t.is_contiguous()) {
+            for t in tensors.iter_mut() {
+                self.all_reduce(t, op)?;
+            }
+            return Ok(());
+        }
         // Grouping lets NCCL fuse the launches; each call is still checked.
         guarded("ncclGroupStart", result::group_start)?;
         let mut outcome = Ok(());
@@ -148,6 +180,9 @@ impl Communicator for NcclComm {
     }
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {
+        if tensor.device() == Device::Cpu {
+            return self.bootstrap.broadcast(tensor, root);
+        }
         let dtype = self.check(tensor, "broadcast")?;
         let world = self.world_size();
         if root >= world {
@@ -168,6 +203,10 @@ impl Communicator for NcclComm {
 
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
         self.bootstrap.all_gather_bytes(bytes)
+    }
+
+    fn any(&self, flag: bool) -> Result<bool, CommError> {
+        self.bootstrap.any(flag)
     }
 
     fn barrier(&self) -> Result<(), CommError> {
