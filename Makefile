@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 KILN := target/debug/kiln
 
-.PHONY: setup build demo test test-rust check-cuda bench docs clean-runs
+.PHONY: setup build demo test check-cuda bench docs clean-runs
 
 setup:
 	@bash scripts/setup.sh
@@ -27,9 +27,11 @@ test: setup
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log; \
 	exit $$status
 
-# GPU code paths must keep compiling on machines without a GPU.
+# GPU code paths must keep compiling on machines without a GPU, and the NCCL
+# backend must answer a missing GPU with an error, not a panic.
 check-cuda:
 	$(CARGO) check --workspace --all-targets --features cuda
+	$(CARGO) test -p kiln-cluster --features cuda --test nccl_without_gpu 2>&1 | tee -a target/test-output.log
 
 bench: build
 	bash bench/run-all.sh
