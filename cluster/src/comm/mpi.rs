@@ -250,7 +250,10 @@ impl Communicator for MpiComm {
         }
         // SAFETY: `c` is a contiguous CPU tensor of `nbytes` bytes, borrowed for the call.
         let buf = unsafe { std::slice::from_raw_parts_mut(c.data_ptr() as *mut u8, nbytes) };
-        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        // MPI counts are C ints: tensors over 1 GiB go in pieces.
+        for piece in buf.chunks_mut(MAX_COUNT) {
+            self.world.process_at_rank(root as i32).broadcast_into(piece);
+        }
         if c.data_ptr() != tensor.data_ptr() {
             tensor.f_copy_(&c)?;
         }
@@ -259,14 +262,18 @@ impl Communicator for MpiComm {
 
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
         let world = self.world_size();
-        let len = bytes.len() as Count;
+        let len = Count::try_from(bytes.len()).map_err(|_| {
+            CommError::MpiUnavailable(format!("all-gather of {} bytes exceeds MPI's 2 GiB message limit", bytes.len()))
+        })?;
         let mut lens = vec![0 as Count; world];
         self.world.all_gather_into(&len, &mut lens[..]);
         let mut displs = Vec::with_capacity(world);
         let mut total: Count = 0;
         for l in &lens {
             displs.push(total);
-            total += l;
+            total = total.checked_add(*l).ok_or_else(|| {
+                CommError::MpiUnavailable("all-gather over all ranks exceeds MPI's 2 GiB message limit".into())
+            })?;
         }
         let mut buf = vec![0u8; total as usize];
         {
