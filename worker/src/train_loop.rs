@@ -174,21 +174,22 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     let mut last_eval = BTreeMap::new();
     let mut grad_norm = f64::NAN;
 
+    let ctx_at = |step: u64, micro_step: usize| StepContext {
+        step,
+        micro_step,
+        micro_steps,
+        rank: me,
+        world_size: world,
+        device: rank.device,
+        seed: spec.train.seed,
+        comm,
+    };
+
     for step in start..total {
         opt.zero_grad();
         for micro in 0..micro_steps {
             tch::manual_seed(step_seed(spec.train.seed, step * micro_steps as u64 + micro as u64, me));
-            let ctx = StepContext {
-                step,
-                micro_step: micro,
-                micro_steps,
-                rank: me,
-                world_size: world,
-                device: rank.device,
-                seed: spec.train.seed,
-                comm,
-            };
-            let out = algo.train_step(&ctx)?;
+            let out = algo.train_step(&ctx_at(step, micro))?;
             window_loss += out.loss;
             window_micro += 1;
         }
@@ -232,10 +233,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
 
         if (spec.train.eval_every > 0 && done % spec.train.eval_every == 0) || done == total {
-            let _g = tch::no_grad_guard();
-            let ctx = StepContext { step, micro_step: 0, micro_steps, rank: me, world_size: world, device: rank.device, seed: spec.train.seed, comm };
-            last_eval = algo.evaluate(&ctx)?;
-            metrics.record("eval", done, &last_eval)?;
+            last_eval = evaluate(algo, &ctx_at(step, 0), &mut metrics, done)?;
         }
 
         if spec.checkpoint.every > 0 && done % spec.checkpoint.every == 0 && done < total {
@@ -259,19 +257,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     if last_eval.is_empty() {
         // Resumed at the very end (e.g. a requeue after the final commit): evaluate
         // once so the summary is complete.
-        let _g = tch::no_grad_guard();
-        let ctx = StepContext {
-            step: total.saturating_sub(1),
-            micro_step: 0,
-            micro_steps,
-            rank: me,
-            world_size: world,
-            device: rank.device,
-            seed: spec.train.seed,
-            comm,
-        };
-        last_eval = algo.evaluate(&ctx)?;
-        metrics.record("eval", total, &last_eval)?;
+        last_eval = evaluate(algo, &ctx_at(total.saturating_sub(1), 0), &mut metrics, total)?;
     }
     ckpt.save(me, total, &named, &opt, true)?;
     comm.barrier()?;
@@ -281,6 +267,19 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     }
     metrics.event(json!({ "event": "done", "step": total }));
     Ok(Outcome::Completed { step: total, eval: last_eval })
+}
+
+/// Evaluates without gradients and records the result after `done` steps.
+fn evaluate(
+    algo: &mut dyn Algorithm,
+    ctx: &StepContext,
+    metrics: &mut MetricsWriter,
+    done: u64,
+) -> Result<BTreeMap<String, f64>, WorkerError> {
+    let _g = tch::no_grad_guard();
+    let eval = algo.evaluate(ctx)?;
+    metrics.record("eval", done, &eval)?;
+    Ok(eval)
 }
 
 /// Rank 0's choice of where to start: `None` for step 0, or the newest verified
