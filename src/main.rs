@@ -2,10 +2,12 @@
 //!
 //! This crate is the CLI only: it parses commands, holds the algorithm registry
 //! (which algorithm crates are linked in), launches ranks (`mpirun`) for
-//! `kiln run`, and renders reports and benchmarks. Training itself happens in
+//! `kiln run`, runs the coordinator service and its client commands, and
+//! renders reports and benchmarks. Training itself happens in
 //! `kiln-worker`; collectives and storage in `kiln-cluster`.
 
 mod bench;
+mod coord_cmd;
 mod registry;
 mod report;
 mod run;
@@ -52,6 +54,21 @@ enum Command {
     /// SLURM without a coordinator: render or submit a job's sbatch script.
     #[command(subcommand)]
     Slurm(slurm_cmd::SlurmCommand),
+    /// Run the coordinator service (HTTP API, scheduler, launchers, watchdog).
+    Coordinator(coord_cmd::CoordinatorArgs),
+    /// Submit a job spec to the coordinator; prints the job id.
+    Submit(coord_cmd::SubmitArgs),
+    /// List the coordinator's jobs.
+    Jobs(coord_cmd::JobsArgs),
+    /// One job in detail: state, attempts, latest metrics, events.
+    Status(coord_cmd::IdArgs),
+    /// A job's log (-f to follow it across attempts).
+    Logs(coord_cmd::LogsArgs),
+    /// Cancel a job (its attempt is stopped; committed checkpoints stay).
+    Cancel(coord_cmd::IdArgs),
+    /// Run a local attempt and record its exit status (started by the coordinator).
+    #[command(hide = true)]
+    Supervise(coord_cmd::SuperviseArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -103,5 +120,12 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
         }
         Command::Bench(b) => bench::bench(b),
         Command::Slurm(c) => slurm_cmd::slurm(c),
+        Command::Coordinator(a) => coord_cmd::coordinator(a),
+        Command::Submit(a) => coord_cmd::submit(a),
+        Command::Jobs(a) => coord_cmd::jobs(a),
+        Command::Status(a) => coord_cmd::status(a),
+        Command::Logs(a) => coord_cmd::logs(a),
+        Command::Cancel(a) => coord_cmd::cancel(a),
+        Command::Supervise(a) => coord_cmd::supervise(a),
     }
 }

@@ -30,39 +30,13 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
 }
 
-/// The sbatch request for a job: one task per rank, `kiln worker --auto-resume`
-/// in each, so a requeued job continues from its newest checkpoint.
+/// The sbatch request for a job (the coordinator's SLURM launcher builds the
+/// same one, plus its reporting variables).
 pub fn request_for(spec: &JobSpec, spec_path: &Path, run_dir: &Path) -> Result<SbatchRequest> {
     let exe = std::env::current_exe().context("locating the kiln binary")?;
-    let r = &spec.resources;
-    let l = &spec.launch;
-    let run_dir = absolute(run_dir)?;
-    Ok(SbatchRequest {
-        job_name: spec.name.clone(),
-        nodes: r.nodes,
-        ntasks_per_node: r.ranks_per_node,
-        gpus_per_node: r.gpus_per_rank * r.ranks_per_node,
-        cpus_per_task: r.cpus_per_rank,
-        mem: l.mem.clone(),
-        time: r.time_limit.clone(),
-        partition: l.partition.clone(),
-        account: l.account.clone(),
-        qos: l.qos.clone(),
-        output: Some(run_dir.join("slurm-%j.out").display().to_string()),
-        error: None,
-        signal_grace_s: Some(l.signal_grace_s),
-        requeue: l.requeue,
-        workdir: Some(std::env::current_dir()?.display().to_string()),
-        env: vec![],
-        command: vec![
-            exe.display().to_string(),
-            "worker".into(),
-            absolute(spec_path)?.display().to_string(),
-            "--run-dir".into(),
-            run_dir.display().to_string(),
-            "--auto-resume".into(),
-        ],
-    })
+    let mut req = kiln_coordinator::launch::slurm::request(spec, &absolute(spec_path)?, &absolute(run_dir)?, &exe, vec![]);
+    req.workdir = Some(std::env::current_dir()?.display().to_string());
+    Ok(req)
 }
 
 pub fn slurm(cmd: SlurmCommand) -> Result<i32> {

@@ -72,10 +72,14 @@ pub enum AttemptCause {
     Preempted,
     /// The coordinator restarted and found the attempt's processes gone.
     Lost,
+    /// The launcher could not start it (sbatch refused, mpirun missing, …).
+    LaunchFailed { message: String },
+    /// SLURM ended it in a state with no better match (time limit, boot failure…).
+    Slurm { state: String },
 }
 
 /// Something that happened to a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A launcher took the job (gang placement done); starts attempt N.
@@ -86,6 +90,8 @@ pub enum Event {
     AttemptEnded { attempt: u32, cause: AttemptCause },
     /// The user cancelled.
     Cancel,
+    /// A rank computes much slower than its peers (a notice; the status stays).
+    Straggler { attempt: u32, rank: usize, compute_s: f64, median_s: f64 },
 }
 
 /// The outcome of an event: the new status, and whether a restart was spent.
@@ -106,6 +112,7 @@ pub fn next(status: JobStatus, event: &Event, restarts: u32, max_restarts: u32) 
         (_, Event::Cancel) => to(Cancelled),
         (Queued, Event::Launch { .. }) => to(Launching),
         (Launching, Event::Started { .. }) => to(Running),
+        (Running, Event::Straggler { .. }) => to(Running),
         (Launching | Running, Event::AttemptEnded { cause, .. }) => match cause {
             AttemptCause::Exited { code: 0 } => to(Succeeded),
             AttemptCause::Preempted => to(Queued),
@@ -123,7 +130,9 @@ pub fn next(status: JobStatus, event: &Event, restarts: u32, max_restarts: u32) 
 pub fn is_current(event: &Event, attempts: u32) -> bool {
     match event {
         Event::Launch { attempt } => *attempt == attempts + 1,
-        Event::Started { attempt } | Event::AttemptEnded { attempt, .. } => *attempt == attempts,
+        Event::Started { attempt } | Event::AttemptEnded { attempt, .. } | Event::Straggler { attempt, .. } => {
+            *attempt == attempts
+        }
         Event::Cancel => true,
     }
 }

@@ -47,6 +47,23 @@ const MIGRATIONS: &[&str] = &[
         step INTEGER NOT NULL,
         json TEXT NOT NULL
      );",
+    // 3: what a job needs and how its workers authenticate; one row per attempt
+    // with the launcher's handle (local supervisor pid or SLURM job id), so a
+    // restarted coordinator can find its attempts again.
+    "ALTER TABLE jobs ADD COLUMN worker_token TEXT NOT NULL DEFAULT '';
+     ALTER TABLE jobs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local';
+     ALTER TABLE jobs ADD COLUMN ranks INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE attempts (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL,
+        handle TEXT,
+        log_path TEXT NOT NULL DEFAULT '',
+        started_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        cause TEXT,
+        PRIMARY KEY (job_id, attempt)
+     );",
 ];
 
 /// A job to submit.
@@ -60,6 +77,13 @@ pub struct NewJob {
     /// A client-chosen key: resubmitting with the same key returns the same job
     /// instead of a duplicate (retries after a timeout are safe).
     pub idempotency_key: Option<String>,
+    /// `local` or `slurm`.
+    pub backend: String,
+    /// Ranks and GPUs the job occupies (what the local scheduler counts).
+    pub ranks: u32,
+    pub gpus: u32,
+    /// The secret its workers report with (only about this job).
+    pub worker_token: String,
 }
 
 /// A stored job.
@@ -75,6 +99,22 @@ pub struct JobRecord {
     pub attempts: u32,
     pub submitted_ms: i64,
     pub updated_ms: i64,
+    pub backend: String,
+    pub ranks: u32,
+    pub gpus: u32,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    /// Local: the supervisor's pid; SLURM: the job id. `None` until launched.
+    pub handle: Option<String>,
+    pub log_path: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// Why it ended (JSON of the cause), once it has.
+    pub cause: Option<serde_json::Value>,
 }
 
 /// One recorded event.
@@ -139,6 +179,12 @@ impl Store {
     /// Stores a new queued job, or returns the job already stored under the same
     /// idempotency key.
     pub fn submit(&mut self, job: &NewJob) -> Result<JobId, CoordinatorError> {
+        self.submit_once(job).map(|(id, _)| id)
+    }
+
+    /// Like [`Store::submit`], also saying whether the job is new (false: the
+    /// idempotency key named an existing one).
+    pub fn submit_once(&mut self, job: &NewJob) -> Result<(JobId, bool), CoordinatorError> {
         let db = self.db();
         let now = now_ms();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&db)?;
@@ -148,13 +194,26 @@ impl Store {
                 .optional()
                 .map_err(&db)?;
             if let Some(id) = existing {
-                return Ok(id);
+                return Ok((id, false));
             }
         }
         tx.execute(
-            "INSERT INTO jobs (name, spec, status, priority, max_restarts, submitted_ms, updated_ms, idempotency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
-            params![job.name, job.spec, JobStatus::Queued.as_str(), job.priority, job.max_restarts, now, job.idempotency_key],
+            "INSERT INTO jobs (name, spec, status, priority, max_restarts, submitted_ms, updated_ms, idempotency_key,
+                               backend, ranks, gpus, worker_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                job.name,
+                job.spec,
+                JobStatus::Queued.as_str(),
+                job.priority,
+                job.max_restarts,
+                now,
+                job.idempotency_key,
+                job.backend,
+                job.ranks,
+                job.gpus,
+                job.worker_token
+            ],
         )
         .map_err(&db)?;
         let id = tx.last_insert_rowid();
@@ -164,7 +223,7 @@ impl Store {
         )
         .map_err(&db)?;
         tx.commit().map_err(&db)?;
-        Ok(id)
+        Ok((id, true))
     }
 
     fn row(&self, r: &rusqlite::Row) -> rusqlite::Result<(JobRecord, String)> {
@@ -181,6 +240,9 @@ impl Store {
                 attempts: r.get(7)?,
                 submitted_ms: r.get(8)?,
                 updated_ms: r.get(9)?,
+                backend: r.get(10)?,
+                ranks: r.get(11)?,
+                gpus: r.get(12)?,
             },
             status,
         ))
@@ -195,7 +257,7 @@ impl Store {
     }
 
     const COLUMNS: &'static str =
-        "id, name, spec, status, priority, max_restarts, restarts, attempts, submitted_ms, updated_ms";
+        "id, name, spec, status, priority, max_restarts, restarts, attempts, submitted_ms, updated_ms, backend, ranks, gpus";
 
     pub fn get(&self, id: JobId) -> Result<JobRecord, CoordinatorError> {
         let sql = format!("SELECT {} FROM jobs WHERE id = ?1", Self::COLUMNS);
@@ -250,6 +312,31 @@ impl Store {
         )
         .map_err(&db)?;
         let json = serde_json::to_string(event).unwrap_or_default();
+        match event {
+            Event::Launch { attempt } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO attempts (job_id, attempt, started_ms) VALUES (?1, ?2, ?3)",
+                    params![id, attempt, now],
+                )
+                .map_err(&db)?;
+            }
+            Event::AttemptEnded { attempt, cause } => {
+                let cause = serde_json::to_string(cause).unwrap_or_default();
+                tx.execute(
+                    "UPDATE attempts SET ended_ms = ?3, cause = ?4 WHERE job_id = ?1 AND attempt = ?2",
+                    params![id, attempt, now, cause],
+                )
+                .map_err(&db)?;
+            }
+            Event::Cancel => {
+                tx.execute(
+                    "UPDATE attempts SET ended_ms = ?2, cause = '{\"cause\":\"cancelled\"}' WHERE job_id = ?1 AND ended_ms IS NULL",
+                    params![id, now],
+                )
+                .map_err(&db)?;
+            }
+            _ => {}
+        }
         tx.execute(
             "INSERT INTO events (job_id, at_ms, status, event) VALUES (?1, ?2, ?3, ?4)",
             params![id, now, t.status.as_str(), json],
@@ -257,6 +344,70 @@ impl Store {
         .map_err(&db)?;
         tx.commit().map_err(&db)?;
         Ok(t.status)
+    }
+
+    /// Records where an attempt runs, once the launcher has started it.
+    pub fn set_attempt_handle(&mut self, id: JobId, attempt: u32, handle: &str, log_path: &str) -> Result<(), CoordinatorError> {
+        self.conn
+            .execute(
+                "UPDATE attempts SET handle = ?3, log_path = ?4 WHERE job_id = ?1 AND attempt = ?2",
+                params![id, attempt, handle, log_path],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// A job's attempts, oldest first.
+    pub fn attempts(&self, id: JobId) -> Result<Vec<AttemptRecord>, CoordinatorError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT attempt, handle, log_path, started_ms, ended_ms, cause FROM attempts WHERE job_id = ?1 ORDER BY attempt")
+            .map_err(self.db())?;
+        let rows = stmt
+            .query_map([id], |r| {
+                let cause: Option<String> = r.get(5)?;
+                Ok(AttemptRecord {
+                    attempt: r.get(0)?,
+                    handle: r.get(1)?,
+                    log_path: r.get(2)?,
+                    started_ms: r.get(3)?,
+                    ended_ms: r.get(4)?,
+                    cause: cause.and_then(|c| serde_json::from_str(&c).ok()),
+                })
+            })
+            .map_err(self.db())?;
+        rows.map(|r| r.map_err(self.db())).collect()
+    }
+
+    /// The secret a job's workers report with.
+    pub fn worker_token(&self, id: JobId) -> Result<String, CoordinatorError> {
+        self.conn
+            .query_row("SELECT worker_token FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(self.db())?
+            .ok_or(CoordinatorError::NoSuchJob(id))
+    }
+
+    /// Restarts spent over all jobs.
+    pub fn total_restarts(&self) -> Result<u64, CoordinatorError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(SUM(restarts), 0) FROM jobs", [], |r| r.get(0))
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// Jobs per status (for the metrics endpoint).
+    pub fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, CoordinatorError> {
+        let mut out = Vec::new();
+        for s in JobStatus::ALL {
+            let n: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM jobs WHERE status = ?1", [s.as_str()], |r| r.get(0))
+                .map_err(self.db())?;
+            out.push((s, n as u64));
+        }
+        Ok(out)
     }
 
     /// A job's events, oldest first (the submission is not an [`Event`] and is left out).

@@ -11,6 +11,10 @@ fn job(name: &str, priority: i64, key: Option<&str>) -> NewJob {
         priority,
         max_restarts: 1,
         idempotency_key: key.map(str::to_string),
+        backend: "local".into(),
+        ranks: 2,
+        gpus: 0,
+        worker_token: format!("token-{name}"),
     }
 }
 
@@ -20,11 +24,11 @@ fn jobs_survive_reopening_and_the_schema_is_migrated_once() {
     let path = dir.path().join("kiln.db");
     let id = {
         let mut s = Store::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         s.submit(&job("a", 0, None)).unwrap()
     };
     let s = Store::open(&path).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 2);
+    assert_eq!(s.schema_version().unwrap(), 3);
     let j = s.get(id).unwrap();
     assert_eq!((j.name.as_str(), j.status, j.restarts, j.attempts), ("a", JobStatus::Queued, 0, 0));
     assert!(matches!(s.get(id + 100), Err(CoordinatorError::NoSuchJob(_))));
@@ -91,6 +95,12 @@ fn lifecycle_with_a_restart_then_failure_is_recorded_in_order() {
     }
     let j = s.get(id).unwrap();
     assert_eq!((j.status, j.restarts, j.attempts), (JobStatus::Failed, 1, 3));
+    assert_eq!((j.backend.as_str(), j.ranks, j.gpus), ("local", 2, 0));
+    assert_eq!(s.worker_token(id).unwrap(), "token-r");
+    let attempts = s.attempts(id).unwrap();
+    assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(attempts.iter().all(|a| a.ended_ms.is_some() && a.handle.is_none()));
+    assert_eq!(attempts[1].cause.as_ref().and_then(|c| c["cause"].as_str()), Some("preempted"));
     let events = s.events(id).unwrap();
     assert_eq!(events.len(), steps.len());
     for (rec, (event, status)) in events.iter().zip(&steps) {
@@ -106,6 +116,11 @@ fn lifecycle_with_a_restart_then_failure_is_recorded_in_order() {
     assert!(s.apply(other, &stale).is_err());
     assert!(s.apply(other, &Event::Launch { attempt: 4 }).is_err());
     assert_eq!(s.get(other).unwrap().status, JobStatus::Launching);
+    s.set_attempt_handle(other, 2, "4242", "/logs/attempt-2.log").unwrap();
+    let live = s.attempts(other).unwrap();
+    assert_eq!((live[1].handle.as_deref(), live[1].ended_ms), (Some("4242"), None));
+    s.apply(other, &Event::Cancel).unwrap();
+    assert!(s.attempts(other).unwrap()[1].ended_ms.is_some());
     let err = s.apply(id, &Event::Cancel).unwrap_err();
     assert!(err.to_string().contains("is failed"), "{err}");
     assert_eq!(s.get(id).unwrap().status, JobStatus::Failed);

@@ -118,3 +118,127 @@ pub fn worst(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (String, f64) {
         })
         .fold((String::new(), 0.0), |acc, x| if x.1 > acc.1 { x } else { acc })
 }
+
+/// The parameters committed at `step` of run `name` in the store directory `store`.
+pub fn params_in(store: &Path, name: &str, step: u64) -> Vec<(String, Tensor)> {
+    let path = store.join(name).join("ckpt").join(format!("step-{step:010}")).join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    kiln_cluster::checkpoint::decode_tensors(&bytes).unwrap()
+}
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A real `kiln coordinator` process on a free loopback port, with its state in
+/// `state`. Dropping it kills the coordinator and every attempt it started.
+pub struct Coord {
+    pub state: PathBuf,
+    pub url: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Coord {
+    pub fn start(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coord {
+        let port = free_port();
+        let mut args = vec!["coordinator".to_string(), "--listen".into(), format!("127.0.0.1:{port}")];
+        args.push("--state-dir".into());
+        args.push(state.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut c = Coord {
+            state: state.to_path_buf(),
+            url: format!("http://127.0.0.1:{port}"),
+            args,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.state).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state.join("coordinator.log")).unwrap();
+        let mut cmd = kiln();
+        cmd.args(&self.args).env("KILN_TOKEN", TOKEN).envs(self.env.iter().cloned());
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(cmd.spawn().expect("kiln coordinator starts"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let http = reqwest::blocking::Client::new();
+        loop {
+            if http.get(format!("{}/healthz", self.url)).send().map(|r| r.status().is_success()).unwrap_or(false) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("coordinator exited with {status}:\n{}", self.log());
+            }
+            assert!(std::time::Instant::now() < deadline, "coordinator did not come up:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("coordinator.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> kiln_coordinator::client::Client {
+        kiln_coordinator::client::Client::new(&self.url, TOKEN).unwrap()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Waits for job `id` to end; panics with the job's log and the coordinator's after `limit`.
+    pub fn wait(&self, id: i64, limit: std::time::Duration) -> kiln_coordinator::api::JobView {
+        let j = self.client().wait(id, limit).unwrap();
+        assert!(j.status.is_terminal(), "job {id} still {} after {limit:?}\n{}", j.status, self.diagnose(id));
+        j
+    }
+
+    /// Everything known about a job, for failure messages.
+    pub fn diagnose(&self, id: i64) -> String {
+        let c = self.client();
+        let events = c.events(id).map(|e| format!("{e:#?}")).unwrap_or_default();
+        let mut logs = String::new();
+        if let Ok(j) = c.job(id) {
+            for a in 1..=j.attempts {
+                if let Ok(chunk) = c.logs(id, Some(a), 0) {
+                    logs.push_str(&format!("---- attempt {a} ----\n{}\n", String::from_utf8_lossy(&chunk.bytes)));
+                }
+            }
+        }
+        format!("events: {events}\n{logs}\n---- coordinator ----\n{}", self.log())
+    }
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        self.kill9();
+        // Attempts outlive the coordinator by design; a test must not leave them behind.
+        let jobs = self.state.join("jobs");
+        for job in std::fs::read_dir(&jobs).into_iter().flatten().flatten() {
+            for attempt in std::fs::read_dir(job.path()).into_iter().flatten().flatten() {
+                if let Some(pid) = std::fs::read_to_string(attempt.path().join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    let files = kiln_coordinator::launch::local::AttemptFiles { dir: attempt.path() };
+                    if kiln_coordinator::launch::local::is_our_supervisor(pid, &files) {
+                        kiln_coordinator::launch::local::kill(pid);
+                    }
+                }
+            }
+        }
+    }
+}

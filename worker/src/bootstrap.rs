@@ -1,7 +1,8 @@
 //! Rank start-up: which communicator, how many threads, which device.
 
 use crate::error::WorkerError;
-use kiln_cluster::comm::{MpiComm, SingleComm};
+use kiln_cluster::comm::{CollectiveClock, MpiComm, SingleComm, Watched};
+use std::sync::Arc;
 use kiln_cluster::{Communicator, Topology};
 use tch::Device;
 
@@ -9,6 +10,8 @@ use tch::Device;
 pub struct Rank {
     pub topology: Topology,
     pub comm: Box<dyn Communicator>,
+    /// Collectives entered and time spent in them (read by the heartbeat).
+    pub clock: Arc<CollectiveClock>,
     pub device: Device,
     pub threads: usize,
 }
@@ -60,7 +63,9 @@ pub fn bootstrap(device_pref: &str) -> Result<Rank, WorkerError> {
         threads,
         "rank started"
     );
-    Ok(Rank { topology, comm, device, threads })
+    let clock = Arc::new(CollectiveClock::default());
+    let comm: Box<dyn Communicator> = Box::new(Watched::new(comm, clock.clone()));
+    Ok(Rank { topology, comm, clock, device, threads })
 }
 
 #[cfg(feature = "cuda")]

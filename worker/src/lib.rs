@@ -5,7 +5,8 @@
 //! `algorithms/*` implement and the [`registry`] types that name them, the
 //! [`train_loop`] (train / eval / checkpoint / metrics cadence, agreed stops),
 //! [`optim`] (AdamW and SGD with state that checkpoints exactly, clipping),
-//! [`schedule`] (learning-rate schedules) and [`signals`].
+//! [`schedule`] (learning-rate schedules), [`signals`] and the [`heartbeat`]
+//! reports a rank sends to a coordinator when it has one.
 //!
 //! It must not launch processes, talk to SLURM or know any particular model:
 //! launching is the CLI's and the coordinator's job, models are the algorithm
@@ -15,6 +16,7 @@ pub mod algorithm;
 pub mod bootstrap;
 pub mod error;
 pub mod fault;
+pub mod heartbeat;
 pub mod metrics;
 pub mod optim;
 pub mod registry;

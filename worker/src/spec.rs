@@ -72,6 +72,14 @@ pub struct Launch {
     /// Let SLURM requeue the job after preemption or node failure; it resumes
     /// from its newest checkpoint.
     pub requeue: bool,
+    /// Under a coordinator: failed attempts restarted from the newest checkpoint
+    /// before the job is declared failed (preemptions do not count).
+    pub max_restarts: u32,
+    /// Under a coordinator: higher runs first among queued jobs.
+    pub priority: i64,
+    /// Under a coordinator: seconds without a finished step before the attempt is
+    /// declared hung, killed and restarted (0: the coordinator's default).
+    pub hang_timeout_s: u64,
 }
 
 impl Default for Launch {
@@ -84,6 +92,9 @@ impl Default for Launch {
             mem: None,
             signal_grace_s: 120,
             requeue: true,
+            max_restarts: 3,
+            priority: 0,
+            hang_timeout_s: 0,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::algorithm::{Algorithm, StepContext};
 use crate::bootstrap::Rank;
 use crate::error::WorkerError;
 use crate::fault;
+use crate::heartbeat::Heartbeat;
 use crate::metrics::MetricsWriter;
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::schedule::lr_at;
@@ -173,6 +174,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     let mut window_steps = 0u64;
     let mut last_eval = BTreeMap::new();
     let mut grad_norm = f64::NAN;
+    let mut heartbeat = Heartbeat::start(me, world, rank.clock.clone());
 
     let ctx_at = |step: u64, micro_step: usize| StepContext {
         step,
@@ -186,6 +188,11 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     };
 
     for step in start..total {
+        let step_start = Instant::now();
+        if let Some(h) = heartbeat.as_mut() {
+            h.step_started();
+        }
+        fault::during_step(me);
         opt.zero_grad();
         for micro in 0..micro_steps {
             tch::manual_seed(step_seed(spec.train.seed, step * micro_steps as u64 + micro as u64, me));
@@ -211,6 +218,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         opt.step(lr);
         let done = step + 1;
         window_steps += 1;
+        if let Some(h) = heartbeat.as_mut() {
+            h.step_done(done, step_start.elapsed().as_secs_f64());
+        }
 
         if done % spec.train.log_every == 0 || done == total {
             let mut t = Tensor::from_slice(&[window_loss, window_micro as f64]);
@@ -224,6 +234,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
             s.insert("steps".into(), total as f64);
             if spec.train.clip_grad_norm.is_some() {
                 s.insert("grad_norm".into(), grad_norm);
+            }
+            if let Some(h) = heartbeat.as_ref().filter(|_| me == 0) {
+                h.metrics(json!(s));
             }
             metrics.record("train", done, &s)?;
             window_loss = 0.0;

@@ -10,6 +10,7 @@ pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod single;
+pub mod watched;
 
 use crate::error::CommError;
 use tch::{Device, Kind, Tensor};
@@ -18,6 +19,7 @@ pub use self::mpi::MpiComm;
 #[cfg(feature = "cuda")]
 pub use self::nccl::NcclComm;
 pub use self::single::SingleComm;
+pub use self::watched::{CollectiveClock, Watched};
 
 /// How values from all ranks are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,80 @@
+//! The coordinator's settings: where it listens and keeps state, what this host
+//! can run, and how patient the watchdog is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the local backend may place on this host at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Rank slots (one rank uses one).
+    pub slots: u32,
+    pub gpus: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The URL workers use to reach this coordinator (defaults to `http://<listen>`).
+    pub public_url: String,
+    /// SQLite file, job directories (specs, local logs, run directories).
+    pub state_dir: PathBuf,
+    /// Where jobs' checkpoints and logs go: `s3://bucket/prefix`, `file://…` or a
+    /// directory every node can see. Each job gets `<store>/jobs/<id>`.
+    pub store: String,
+    /// Tokens that may use the whole API.
+    pub tokens: Vec<String>,
+    pub capacity: Capacity,
+    /// Default seconds without progress before an attempt is declared hung
+    /// (a job's `[launch] hang_timeout_s` overrides it).
+    pub hang_timeout: Duration,
+    /// A rank whose compute time per step exceeds `straggler_factor` × the median
+    /// of its peers is reported as a straggler.
+    pub straggler_factor: f64,
+    /// How often workers report.
+    pub heartbeat_interval: Duration,
+    /// How often the supervisor loop runs (SLURM is polled at most every 2 s).
+    pub tick: Duration,
+    /// The `kiln` binary that runs workers and supervises local attempts.
+    pub kiln_exe: PathBuf,
+    /// Where `sbatch`, `squeue`, … live (default: `PATH`).
+    pub slurm_bin: Option<PathBuf>,
+    /// Accept and store jobs but launch none (maintenance, load tests).
+    pub hold: bool,
+    /// Largest request body accepted (a job spec is a few KiB).
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// Defaults for everything but the essentials.
+    pub fn new(listen: SocketAddr, state_dir: PathBuf, tokens: Vec<String>, kiln_exe: PathBuf) -> Config {
+        let store = format!("file://{}", state_dir.join("store").display());
+        let slots = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        Config {
+            listen,
+            public_url: format!("http://{listen}"),
+            state_dir,
+            store,
+            tokens,
+            capacity: Capacity { slots, gpus: 0 },
+            hang_timeout: Duration::from_secs(600),
+            straggler_factor: 2.0,
+            heartbeat_interval: Duration::from_secs(5),
+            tick: Duration::from_millis(500),
+            kiln_exe,
+            slurm_bin: None,
+            hold: false,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("kiln.db")
+    }
+
+    /// A job's directory: its effective spec, attempt logs, run directory.
+    pub fn job_dir(&self, id: i64) -> PathBuf {
+        self.state_dir.join("jobs").join(id.to_string())
+    }
+}

@@ -1,0 +1,584 @@
+//! The coordinator itself: accepts jobs, launches them when they fit, watches
+//! their attempts and restarts failed ones, and recovers all of that from the
+//! store after a crash.
+//!
+//! Two actors share it: the HTTP handlers ([`crate::api`]) and one supervisor
+//! thread that runs [`Coordinator::tick`] on a fixed cadence. Every decision is
+//! written to the store before it is acted on where possible (launch is recorded,
+//! then the process started, then its handle recorded), so a crash at any point
+//! leaves a state [`Coordinator::recover`] can finish.
+
+use crate::config::Config;
+use crate::launch::local::{self, AttemptFiles};
+use crate::launch::{self, Polled, ReportTo};
+use crate::lifecycle::{AttemptCause, Event, JobStatus};
+use crate::plan::{self, Refusal, SpecCheck};
+use crate::schedule::{self, Usage};
+use crate::store::{AttemptRecord, JobId, JobRecord, NewJob, Store};
+use crate::watch::{AttemptWatch, Heartbeat};
+use crate::CoordinatorError;
+use kiln_slurm::client::SlurmClient;
+use kiln_worker::spec::{Backend, JobSpec};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// An error for an API caller: an HTTP status and a message that says what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(e: CoordinatorError) -> ApiError {
+        match e {
+            CoordinatorError::NoSuchJob(id) => ApiError::new(404, format!("job {id} does not exist")),
+            CoordinatorError::InvalidTransition { job, status, .. } => {
+                ApiError::new(409, format!("job {job} is {status}; that does not apply any more"))
+            }
+            other => ApiError::new(500, other.to_string()),
+        }
+    }
+}
+
+/// A submission.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    /// The job spec (TOML text).
+    pub spec: String,
+    /// Overrides `[launch] priority`.
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Overrides `[launch] max_restarts`.
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    /// Resubmitting with the same key returns the same job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+enum Where {
+    Local { pid: i32, files: AttemptFiles, child: Option<Child> },
+    Slurm { id: u64, restarts_seen: u32, last_poll: Option<Instant> },
+}
+
+/// An attempt the supervisor is watching.
+struct Live {
+    attempt: u32,
+    place: Where,
+    hang_timeout: Duration,
+}
+
+/// Counters for `/metrics` that the store does not hold.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub launched: u64,
+    pub queue_wait_s_sum: f64,
+    pub hangs: u64,
+    pub stragglers: u64,
+}
+
+pub struct Coordinator {
+    pub cfg: Config,
+    db: Mutex<Store>,
+    check: SpecCheck,
+    slurm: Option<SlurmClient>,
+    live: Mutex<HashMap<JobId, Live>>,
+    watch: Mutex<HashMap<JobId, AttemptWatch>>,
+    stats: Mutex<Stats>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves data we still want to serve.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Coordinator {
+    /// Opens the state directory and store, and finds out whether SLURM is here.
+    pub fn open(cfg: Config, check: SpecCheck) -> Result<Arc<Coordinator>, String> {
+        std::fs::create_dir_all(cfg.state_dir.join("jobs"))
+            .map_err(|e| format!("cannot create the state directory {}: {e}", cfg.state_dir.display()))?;
+        let store = Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
+        let client = SlurmClient { bin_dir: cfg.slurm_bin.clone() };
+        let sbatch = cfg.slurm_bin.as_ref().map(|d| d.join("sbatch")).unwrap_or_else(|| PathBuf::from("sbatch"));
+        let slurm = std::process::Command::new(sbatch)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| client);
+        Ok(Arc::new(Coordinator {
+            cfg,
+            db: Mutex::new(store),
+            check,
+            slurm,
+            live: Mutex::new(HashMap::new()),
+            watch: Mutex::new(HashMap::new()),
+            stats: Mutex::new(Stats::default()),
+        }))
+    }
+
+    pub fn slurm_enabled(&self) -> bool {
+        self.slurm.is_some()
+    }
+
+    pub fn db(&self) -> MutexGuard<'_, Store> {
+        lock(&self.db)
+    }
+
+    pub fn stats(&self) -> Stats {
+        lock(&self.stats).clone()
+    }
+
+    /// Seconds since each watched job's last heartbeat.
+    pub fn heartbeat_ages(&self) -> Vec<(JobId, f64)> {
+        let now = Instant::now();
+        lock(&self.watch).iter().filter_map(|(id, w)| w.heartbeat_age(now).map(|a| (*id, a))).collect()
+    }
+
+    /// The step a running job has reached, from its heartbeats.
+    pub fn live_step(&self, id: JobId) -> Option<u64> {
+        lock(&self.watch).get(&id).map(|w| w.step())
+    }
+
+    fn apply(&self, id: JobId, event: &Event) -> Option<JobStatus> {
+        match self.db().apply(id, event) {
+            Ok(s) => {
+                tracing::info!(job = id, ?event, status = %s, "job event");
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(job = id, ?event, error = %e, "event not applied");
+                None
+            }
+        }
+    }
+
+    // ---- API operations ----
+
+    pub fn submit(&self, sub: &Submission) -> Result<(JobRecord, bool), ApiError> {
+        if let Some(k) = &sub.idempotency_key {
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::new(400, "idempotency_key must have 1 to 200 characters"));
+            }
+        }
+        let p = plan::plan(&sub.spec, &self.cfg, self.slurm_enabled(), &self.check).map_err(|r| match r {
+            Refusal::Invalid(m) => ApiError::new(400, m),
+            Refusal::Impossible(m) => ApiError::new(422, m),
+        })?;
+        let token = crate::auth::new_token().map_err(|e| ApiError::new(500, format!("cannot draw a worker token: {e}")))?;
+        let job = NewJob {
+            name: p.spec.name.clone(),
+            spec: sub.spec.clone(),
+            priority: sub.priority.unwrap_or(p.spec.launch.priority),
+            max_restarts: sub.max_restarts.unwrap_or(p.spec.launch.max_restarts),
+            idempotency_key: sub.idempotency_key.clone(),
+            backend: match p.backend {
+                Backend::Local => "local".into(),
+                Backend::Slurm => "slurm".into(),
+            },
+            ranks: p.ranks,
+            gpus: p.gpus,
+            worker_token: token,
+        };
+        let mut db = self.db();
+        let (id, created) = db.submit_once(&job)?;
+        Ok((db.get(id)?, created))
+    }
+
+    /// Cancels a job and stops its attempt at once (the newest committed
+    /// checkpoint stays in the store).
+    pub fn cancel(&self, id: JobId) -> Result<JobRecord, ApiError> {
+        let status = self.db().apply(id, &Event::Cancel)?;
+        tracing::info!(job = id, status = %status, "cancelled");
+        if let Some(live) = lock(&self.live).remove(&id) {
+            self.stop(id, live);
+        }
+        lock(&self.watch).remove(&id);
+        Ok(self.db().get(id)?)
+    }
+
+    /// A worker's report. `is_operator` callers may report on any job; workers
+    /// only on their own (checked by the caller against [`Store::worker_token`]).
+    pub fn heartbeat(&self, id: JobId, hb: &Heartbeat) -> Result<(), ApiError> {
+        let job = self.db().get(id)?;
+        if !matches!(job.status, JobStatus::Launching | JobStatus::Running) {
+            return Err(ApiError::new(409, format!("job {id} is {}; heartbeat ignored", job.status)));
+        }
+        if hb.attempt != job.attempts {
+            return Err(ApiError::new(409, format!("job {id} is on attempt {}, not {}", job.attempts, hb.attempt)));
+        }
+        if hb.rank >= hb.world || hb.world != job.ranks as usize {
+            return Err(ApiError::new(400, format!("rank {} of {} does not match job {id} ({} ranks)", hb.rank, hb.world, job.ranks)));
+        }
+        {
+            let mut watch = lock(&self.watch);
+            let w = watch.entry(id).or_insert_with(|| AttemptWatch::new(hb.attempt));
+            if w.attempt != hb.attempt {
+                *w = AttemptWatch::new(hb.attempt);
+            }
+            w.report(hb, Instant::now());
+        }
+        if job.status == JobStatus::Launching {
+            self.apply(id, &Event::Started { attempt: hb.attempt });
+        }
+        if let (0, Some(m)) = (hb.rank, &hb.metrics) {
+            self.db().put_metrics(id, hb.step, &m.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of an attempt's log from `offset` (at most `max`): the local file
+    /// while it exists, else the copy in the job's store. Returns the attempt read.
+    pub fn log(&self, id: JobId, attempt: Option<u32>, offset: u64, max: usize) -> Result<(u32, Vec<u8>), ApiError> {
+        let job = self.db().get(id)?;
+        let attempts = self.db().attempts(id)?;
+        let want = attempt.unwrap_or(job.attempts);
+        if want == 0 {
+            return Ok((0, vec![]));
+        }
+        let rec: &AttemptRecord = attempts
+            .iter()
+            .find(|a| a.attempt == want)
+            .ok_or_else(|| ApiError::new(404, format!("job {id} has no attempt {want} (it has {})", job.attempts)))?;
+        let bytes = match std::fs::read(&rec.log_path) {
+            Ok(b) => b,
+            Err(_) => self.stored_log(&job, want).unwrap_or_default(),
+        };
+        let start = (offset as usize).min(bytes.len());
+        let end = (start + max).min(bytes.len());
+        Ok((want, bytes[start..end].to_vec()))
+    }
+
+    fn job_store(&self, job: &JobRecord) -> Option<kiln_cluster::checkpoint::CheckpointStore> {
+        let spec = JobSpec::parse(&job.spec, "job.toml").ok()?;
+        kiln_cluster::checkpoint::CheckpointStore::open(&plan::job_store(&spec, &self.cfg, job.id), &job.name).ok()
+    }
+
+    fn stored_log(&self, job: &JobRecord, attempt: u32) -> Option<Vec<u8>> {
+        self.job_store(job)?.get_object(&format!("logs/attempt-{attempt}.log")).ok().map(|b| b.to_vec())
+    }
+
+    fn upload_log(&self, id: JobId, attempt: u32) {
+        let Ok(job) = self.db().get(id) else { return };
+        let Some(path) = self.db().attempts(id).ok().and_then(|a| a.into_iter().find(|a| a.attempt == attempt)).map(|a| a.log_path)
+        else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(&path) else { return };
+        match self.job_store(&job).map(|s| s.put_object(&format!("logs/attempt-{attempt}.log"), bytes.into())) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!(job = id, attempt, error = %e, "could not copy the attempt log to the store"),
+            None => tracing::warn!(job = id, attempt, "could not open the job's store to copy its log"),
+        }
+    }
+
+    // ---- the supervisor ----
+
+    /// Runs [`Coordinator::tick`] until `stop` is raised.
+    pub fn supervise(self: Arc<Self>, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            self.tick();
+            std::thread::sleep(self.cfg.tick);
+        }
+    }
+
+    /// Picks up after a restart: attempts whose launcher handle is known are
+    /// watched again; those started but never recorded are killed and, like
+    /// local attempts whose processes vanished, count as lost (the restart
+    /// policy applies).
+    pub fn recover(&self) -> Result<(), CoordinatorError> {
+        let mut jobs = self.db().list(Some(JobStatus::Launching))?;
+        jobs.extend(self.db().list(Some(JobStatus::Running))?);
+        for job in jobs {
+            let attempts = self.db().attempts(job.id)?;
+            let Some(last) = attempts.iter().find(|a| a.attempt == job.attempts).cloned() else {
+                self.apply(job.id, &Event::AttemptEnded { attempt: job.attempts, cause: AttemptCause::Lost });
+                continue;
+            };
+            let files = AttemptFiles::new(&self.cfg.job_dir(job.id), last.attempt);
+            let place = match (job.backend.as_str(), last.handle.as_deref()) {
+                ("local", Some(h)) => h.parse().ok().map(|pid| Where::Local { pid, files: files.clone(), child: None }),
+                ("slurm", Some(h)) => h.parse().ok().map(|id: u64| Where::Slurm {
+                    id,
+                    restarts_seen: attempts.iter().filter(|a| a.handle.as_deref() == Some(h)).count() as u32 - 1,
+                    last_poll: None,
+                }),
+                _ => None,
+            };
+            match place {
+                Some(place) => {
+                    tracing::info!(job = job.id, attempt = last.attempt, "re-attached to a running attempt");
+                    let hang_timeout = self.hang_timeout_of(&job);
+                    lock(&self.live).insert(job.id, Live { attempt: last.attempt, place, hang_timeout });
+                }
+                None => {
+                    if job.backend == "local" {
+                        local::kill_unrecorded(&files);
+                    }
+                    self.apply(job.id, &Event::AttemptEnded { attempt: last.attempt, cause: AttemptCause::Lost });
+                }
+            }
+        }
+        // Cancelled while the coordinator was down between recording and stopping.
+        for job in self.db().list(Some(JobStatus::Cancelled))? {
+            if job.backend == "local" && job.attempts > 0 {
+                let files = AttemptFiles::new(&self.cfg.job_dir(job.id), job.attempts);
+                local::kill_unrecorded(&files);
+            }
+        }
+        Ok(())
+    }
+
+    fn hang_timeout_of(&self, job: &JobRecord) -> Duration {
+        JobSpec::parse(&job.spec, "job.toml")
+            .ok()
+            .map(|s| s.launch.hang_timeout_s)
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(self.cfg.hang_timeout)
+    }
+
+    /// One round: watch live attempts, then start what fits.
+    pub fn tick(&self) {
+        let ids: Vec<JobId> = lock(&self.live).keys().copied().collect();
+        for id in ids {
+            self.check_attempt(id);
+        }
+        if !self.cfg.hold {
+            if let Err(e) = self.schedule() {
+                tracing::error!(error = %e, "scheduling failed");
+            }
+        }
+    }
+
+    fn check_attempt(&self, id: JobId) {
+        let Some(mut live) = lock(&self.live).remove(&id) else { return };
+        let status = match self.db().get(id) {
+            Ok(j) => j.status,
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "cannot read job");
+                lock(&self.live).insert(id, live);
+                return;
+            }
+        };
+        if status.is_terminal() {
+            // Cancelled through the API while we were polling.
+            self.stop(id, live);
+            return;
+        }
+        let polled = match &mut live.place {
+            Where::Local { pid, files, child } => {
+                if let Some(c) = child.as_mut() {
+                    let _ = c.try_wait(); // reap our own child so it does not linger as a zombie
+                }
+                local::poll(*pid, files)
+            }
+            Where::Slurm { id: sid, restarts_seen, last_poll } => {
+                if last_poll.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+                    Polled::Running.clone_if(status == JobStatus::Running)
+                } else {
+                    *last_poll = Some(Instant::now());
+                    match self.slurm.as_ref().map(|c| launch::slurm::poll(c, *sid, *restarts_seen)) {
+                        Some(Ok(p)) => p,
+                        Some(Err(e)) => {
+                            tracing::warn!(job = id, slurm_job = *sid, error = %e, "cannot poll SLURM; will retry");
+                            Polled::Waiting
+                        }
+                        None => Polled::Ended(AttemptCause::LaunchFailed { message: "SLURM is not available to this coordinator".into() }),
+                    }
+                }
+            }
+        };
+        match polled {
+            Polled::Waiting => {}
+            Polled::Running => {
+                if status == JobStatus::Launching {
+                    self.apply(id, &Event::Started { attempt: live.attempt });
+                }
+            }
+            Polled::Requeued => {
+                self.end_attempt(id, live.attempt, AttemptCause::Preempted);
+                let next = live.attempt + 1;
+                if let Where::Slurm { id: sid, restarts_seen, .. } = &mut live.place {
+                    *restarts_seen += 1;
+                    if self.apply(id, &Event::Launch { attempt: next }).is_some() {
+                        let _ = self.db().set_attempt_handle(id, next, &sid.to_string(), &self.slurm_log(id, *sid));
+                        live.attempt = next;
+                        lock(&self.live).insert(id, live);
+                    }
+                }
+                return;
+            }
+            Polled::Ended(cause) => {
+                self.end_attempt(id, live.attempt, cause);
+                return;
+            }
+        }
+        // Watchdog.
+        let now = Instant::now();
+        let (hang, stragglers) = {
+            let mut watch = lock(&self.watch);
+            match watch.get_mut(&id).filter(|w| w.attempt == live.attempt) {
+                Some(w) => (w.hang(now, live.hang_timeout), w.new_stragglers(self.cfg.straggler_factor)),
+                None => (None, vec![]),
+            }
+        };
+        for s in stragglers {
+            lock(&self.stats).stragglers += 1;
+            tracing::warn!(job = id, rank = s.rank, compute_s = s.compute_s, median_s = s.median_s, "straggler");
+            self.apply(id, &Event::Straggler { attempt: live.attempt, rank: s.rank, compute_s: s.compute_s, median_s: s.median_s });
+        }
+        if let Some(stuck) = hang {
+            tracing::error!(job = id, attempt = live.attempt, ?stuck, "attempt hung; killing it");
+            lock(&self.stats).hangs += 1;
+            let attempt = live.attempt;
+            self.kill(&mut live);
+            self.end_attempt(id, attempt, AttemptCause::Hang { stuck_ranks: stuck });
+            return;
+        }
+        lock(&self.live).insert(id, live);
+    }
+
+    fn slurm_log(&self, id: JobId, sid: u64) -> String {
+        self.cfg.job_dir(id).join("run").join(format!("slurm-{sid}.out")).display().to_string()
+    }
+
+    fn end_attempt(&self, id: JobId, attempt: u32, cause: AttemptCause) {
+        lock(&self.watch).remove(&id);
+        self.apply(id, &Event::AttemptEnded { attempt, cause });
+        self.upload_log(id, attempt);
+    }
+
+    fn kill(&self, live: &mut Live) {
+        match &mut live.place {
+            Where::Local { pid, child, .. } => {
+                local::kill(*pid);
+                if let Some(c) = child.as_mut() {
+                    let _ = c.wait();
+                }
+            }
+            Where::Slurm { id, .. } => {
+                if let Some(c) = &self.slurm {
+                    if let Err(e) = c.cancel(*id, None) {
+                        tracing::warn!(slurm_job = *id, error = %e, "scancel failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&self, id: JobId, mut live: Live) {
+        let attempt = live.attempt;
+        self.kill(&mut live);
+        self.upload_log(id, attempt);
+    }
+
+    fn schedule(&self) -> Result<(), CoordinatorError> {
+        let queue = self.db().list(Some(JobStatus::Queued))?;
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let mut busy = self.db().list(Some(JobStatus::Launching))?;
+        busy.extend(self.db().list(Some(JobStatus::Running))?);
+        for id in schedule::pick(self.cfg.capacity, Usage::of(&busy), &queue) {
+            if let Some(job) = queue.iter().find(|j| j.id == id) {
+                self.launch(job);
+            }
+        }
+        Ok(())
+    }
+
+    fn launch(&self, job: &JobRecord) {
+        let id = job.id;
+        let attempt = job.attempts + 1;
+        if self.apply(id, &Event::Launch { attempt }).is_none() {
+            return;
+        }
+        if attempt == 1 {
+            let mut s = lock(&self.stats);
+            s.launched += 1;
+            s.queue_wait_s_sum += (now_ms() - job.submitted_ms).max(0) as f64 / 1000.0;
+        }
+        match self.start(job, attempt) {
+            Ok(place) => {
+                let hang_timeout = self.hang_timeout_of(job);
+                lock(&self.live).insert(id, Live { attempt, place, hang_timeout });
+            }
+            Err(message) => {
+                tracing::error!(job = id, attempt, %message, "launch failed");
+                self.apply(id, &Event::AttemptEnded { attempt, cause: AttemptCause::LaunchFailed { message } });
+            }
+        }
+    }
+
+    fn start(&self, job: &JobRecord, attempt: u32) -> Result<Where, String> {
+        let id = job.id;
+        let spec = JobSpec::parse(&job.spec, "job.toml")?;
+        let dir = self.cfg.job_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let spec_path = dir.join("spec.toml");
+        let text = plan::effective_spec(&job.spec, &spec, &self.cfg, id)?;
+        write_atomically(&spec_path, &text)?;
+        let run_dir = dir.join("run");
+        let token = self.db().worker_token(id).map_err(|e| e.to_string())?;
+        let report = ReportTo {
+            url: self.cfg.public_url.clone(),
+            job: id,
+            attempt,
+            token,
+            heartbeat_s: self.cfg.heartbeat_interval.as_secs_f64(),
+        };
+        match job.backend.as_str() {
+            "local" => {
+                let files = AttemptFiles::new(&dir, attempt);
+                let child = local::start(&self.cfg.kiln_exe, &spec_path, &run_dir, job.ranks as usize, &files, &report)
+                    .map_err(|e| format!("starting {}: {e}", self.cfg.kiln_exe.display()))?;
+                let pid = child.id() as i32;
+                self.db().set_attempt_handle(id, attempt, &pid.to_string(), &files.log().display().to_string()).map_err(|e| e.to_string())?;
+                self.apply(id, &Event::Started { attempt });
+                Ok(Where::Local { pid, files, child: Some(child) })
+            }
+            _ => {
+                let client = self.slurm.as_ref().ok_or("SLURM is not available to this coordinator")?;
+                let (sid, log) = launch::slurm::start(client, &spec, &spec_path, &run_dir, &self.cfg.kiln_exe, &report)
+                    .map_err(|e| e.to_string())?;
+                self.db().set_attempt_handle(id, attempt, &sid.to_string(), &log).map_err(|e| e.to_string())?;
+                Ok(Where::Slurm { id: sid, restarts_seen: 0, last_poll: None })
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+impl Polled {
+    /// `self` when `cond`, else `Waiting` (a SLURM job between polls keeps its state).
+    fn clone_if(self, cond: bool) -> Polled {
+        if cond {
+            self
+        } else {
+            Polled::Waiting
+        }
+    }
+}
