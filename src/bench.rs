@@ -46,6 +46,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Coordinator submission load: N jobs from C concurrent clients over
+    /// loopback (a held coordinator of its own unless --coordinator is given),
+    /// jobs/s and latency percentiles; optionally `sbatch` submissions, the call
+    /// submitit and TorchX make per job, timed on the same machine.
+    Submit {
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// An existing coordinator (KILN_TOKEN must be set); default: start one.
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Also time this many sequential `sbatch --hold` submissions (0: skip).
+        #[arg(long, default_value_t = 0)]
+        sbatch: usize,
+    },
 }
 
 /// Parses sizes such as 1024, 4KiB, 256MiB, 1GiB.
@@ -89,6 +105,7 @@ pub fn bench(cmd: BenchCommand) -> Result<i32> {
         }
         BenchCommand::AllreduceRank { min, max, iters } => allreduce_rank(min, max, iters),
         BenchCommand::Checkpoint { store, mb, repeats } => checkpoint(&store, mb, repeats),
+        BenchCommand::Submit { jobs, clients, coordinator, sbatch } => submit_load(jobs, clients, coordinator, sbatch),
     }
 }
 
@@ -248,4 +265,130 @@ mod tests {
         assert!(parse_size("MiB").is_err());
         assert_eq!(human(256 << 20), "256MiB");
     }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report_latencies(what: &str, mut lat: Vec<f64>, wall: f64) {
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{what}: {} submissions in {wall:.2} s = {:.0} jobs/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        lat.len() as f64 / wall,
+        percentile(&lat, 0.5) * 1e3,
+        percentile(&lat, 0.99) * 1e3,
+        lat.last().copied().unwrap_or(f64::NAN) * 1e3
+    );
+}
+
+/// Kills the coordinator this benchmark started.
+struct Owned {
+    child: std::process::Child,
+    _state: tempfile_dir::Dir,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod tempfile_dir {
+    /// A directory removed on drop (the benchmark's coordinator state).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn submit_load(jobs: usize, clients: usize, coordinator: Option<String>, sbatch: usize) -> Result<i32> {
+    if clients == 0 || jobs == 0 {
+        bail!("--jobs and --clients must be at least 1");
+    }
+    let (url, token, _owned) = match coordinator {
+        Some(u) => (u, std::env::var("KILN_TOKEN").context("KILN_TOKEN must hold a token of that coordinator")?, None),
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let dir = std::env::temp_dir().join(format!("kiln-bench-submit-{}", std::process::id()));
+            let token = "bench-token-0123456789abcdef".to_string();
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args(["coordinator", "--hold", "--slots", "1024", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+                .arg(&dir)
+                .env("KILN_TOKEN", &token)
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .context("starting a coordinator")?;
+            let owned = Owned { child, _state: tempfile_dir::Dir(dir) };
+            let url = format!("http://127.0.0.1:{port}");
+            let t0 = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if t0.elapsed().as_secs() > 30 {
+                    bail!("the benchmark's coordinator did not come up");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            (url, token, Some(owned))
+        }
+    };
+    let spec = include_str!("../examples/quickstart.toml").to_string();
+    let run = |n: usize, c: usize, tag: &str| -> Result<(Vec<f64>, f64)> {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..c)
+            .map(|t| {
+                let (url, token, spec, tag) = (url.clone(), token.clone(), spec.clone(), tag.to_string());
+                let share = n / c + usize::from(t < n % c);
+                std::thread::spawn(move || -> Result<Vec<f64>> {
+                    let client = kiln_coordinator::client::Client::new(&url, &token)?;
+                    let mut lat = Vec::with_capacity(share);
+                    for i in 0..share {
+                        let key = format!("{tag}-{t}-{i}");
+                        let s = Instant::now();
+                        client.submit(&spec, None, None, Some(&key))?;
+                        lat.push(s.elapsed().as_secs_f64());
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for h in handles {
+            lat.extend(h.join().map_err(|_| anyhow!("a client thread panicked"))??);
+        }
+        Ok((lat, t0.elapsed().as_secs_f64()))
+    };
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let (lat, wall) = run(jobs, clients, &format!("bench{stamp}c"))?;
+    report_latencies(&format!("kiln submit, {clients} concurrent clients"), lat, wall);
+    let seq = jobs.min(200);
+    let (lat, wall) = run(seq, 1, &format!("bench{stamp}s"))?;
+    report_latencies("kiln submit, 1 client (sequential)", lat, wall);
+    if sbatch > 0 {
+        let mut lat = Vec::new();
+        let mut ids = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..sbatch {
+            let s = Instant::now();
+            let out = std::process::Command::new("sbatch")
+                .args(["--parsable", "--hold", "--job-name=kiln-bench", "--output=/dev/null", "--wrap=true"])
+                .output()
+                .context("running sbatch")?;
+            lat.push(s.elapsed().as_secs_f64());
+            if !out.status.success() {
+                bail!("sbatch failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let _ = std::process::Command::new("scancel").args(&ids).status();
+        report_latencies("sbatch --hold, 1 client (sequential)", lat, wall);
+    }
+    Ok(0)
 }

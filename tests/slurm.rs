@@ -105,9 +105,22 @@ fn usr1_checkpoints_requeues_and_the_job_completes_on_the_same_trajectory() {
     }
     client.cancel(id, Some("USR1")).unwrap();
 
-    // Requeued: SLURM holds a requeued job back for ~2 minutes (BeginTime) while
-    // the old step is torn down. Once no step of the job is left (plus srun's own
-    // abort window), the test releases it instead of waiting out that policy.
+    release_when_requeued(&client, id);
+    let state = wait_terminal(&client, id, Duration::from_secs(300));
+    let log = std::fs::read_to_string(dir.path().join(format!("runs/preempt/slurm-{id}.out"))).unwrap_or_default();
+    assert_eq!(state, JobState::Completed, "job log:\n{log}");
+    assert!(log.contains("stop requested") && log.contains("resumed"), "the job must have stopped and resumed:\n{log}");
+
+    let local = write_spec(dir.path(), &Job { name: "straight", steps, every: 0, ..Job::default() });
+    assert!(kiln_run(dir.path(), &local, 2, &[]).status.success());
+    let d = max_diff(&params(dir.path(), "preempt", steps), &params(dir.path(), "straight", steps));
+    assert!(d <= 1e-6, "preempted + requeued run differs by {d}");
+}
+
+/// SLURM holds a requeued job back for ~2 minutes (BeginTime) while the old step
+/// is torn down. Once the job is requeued and no step of it is left (plus srun's
+/// own abort window), release it instead of waiting out that policy.
+fn release_when_requeued(client: &SlurmClient, id: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let info = client.show(id).unwrap();
@@ -120,18 +133,89 @@ fn usr1_checkpoints_requeues_and_the_job_completes_on_the_same_trajectory() {
         if requeued && no_steps {
             std::thread::sleep(Duration::from_secs(8));
             let _ = std::process::Command::new("scontrol").args(["update", &format!("JobId={id}"), "StartTime=now"]).status();
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "job {id} was not requeued: {info:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let state = wait_terminal(&client, id, Duration::from_secs(300));
-    let log = std::fs::read_to_string(dir.path().join(format!("runs/preempt/slurm-{id}.out"))).unwrap_or_default();
-    assert_eq!(state, JobState::Completed, "job log:\n{log}");
-    assert!(log.contains("stop requested") && log.contains("resumed"), "the job must have stopped and resumed:\n{log}");
+}
 
-    let local = write_spec(dir.path(), &Job { name: "straight", steps, every: 0, ..Job::default() });
+/// A coordinator job spec on the SLURM backend, checkpoints under `dir/store`.
+fn slurm_spec(dir: &std::path::Path, name: &str, steps: u64, every: u64) -> String {
+    let spec = write_spec(dir, &Job { name, steps, every, ..Job::default() });
+    std::fs::read_to_string(&spec)
+        .unwrap()
+        .replacen("[checkpoint]", "[resources]\nranks_per_node = 2\n\n[launch]\nbackend = \"slurm\"\n\n[checkpoint]", 1)
+}
+
+fn slurm_id(coord: &Coord, job: i64) -> u64 {
+    let j = coord.client().job(job).unwrap();
+    j.attempt_list.last().and_then(|a| a.handle.as_deref()).and_then(|h| h.parse().ok()).expect("a SLURM job id")
+}
+
+/// Through the coordinator: the time-limit path (USR1 to the batch shell) makes
+/// the ranks checkpoint and exit 75, the script requeues the SLURM job, the
+/// coordinator counts a preempted attempt (no restart spent) and the next one,
+/// and the job completes from its checkpoint.
+#[test]
+fn a_coordinator_slurm_job_is_preempted_requeued_and_completes() {
+    let client = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(&dir.path().join("state"), &["--heartbeat-s", "0.2"], &[]);
+    let c = coord.client();
+    let (job, _) = c.submit(&slurm_spec(dir.path(), "slurmpre", 4000, 0), None, Some(0), None).unwrap();
+    assert_eq!(job.backend, "slurm");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.job(job.id).unwrap().step.unwrap_or(0) < 5 {
+        assert!(Instant::now() < deadline, "no progress\n{}", coord.diagnose(job.id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.job(job.id).unwrap().status, kiln_coordinator::JobStatus::Running);
+    let sid = slurm_id(&coord, job.id);
+    client.cancel(sid, Some("USR1")).unwrap();
+    release_when_requeued(&client, sid);
+    // The coordinator crashes after counting the requeue; restarted, it must find
+    // the same SLURM job by id and keep counting from attempt 2.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.job(job.id).unwrap().attempts < 2 {
+        assert!(Instant::now() < deadline, "requeue not seen\n{}", coord.diagnose(job.id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut coord = coord;
+    coord.restart();
+    let done = coord.wait(job.id, Duration::from_secs(300));
+    assert_eq!(done.status, kiln_coordinator::JobStatus::Succeeded, "{}", coord.diagnose(job.id));
+    assert_eq!((done.attempts, done.restarts), (2, 0), "{}", coord.diagnose(job.id));
+    assert_eq!(done.attempt_list[0].cause.as_ref().unwrap()["cause"], "preempted");
+    assert_eq!(done.attempt_list[1].handle.as_deref(), Some(sid.to_string().as_str()), "same SLURM job, requeued");
+    let log = String::from_utf8_lossy(&coord.client().logs(job.id, None, 0).unwrap().bytes).to_string();
+    assert!(log.contains("stop requested") && log.contains("resumed"), "{log}");
+    assert!(coord.log().contains("re-attached"), "{}", coord.log());
+}
+
+/// kill -9 of one rank under srun: the SLURM job fails, the coordinator submits
+/// a new one that resumes from the newest commit, and the job ends on the
+/// trajectory of an uninterrupted local run.
+#[test]
+fn a_killed_rank_under_slurm_is_restarted_by_the_coordinator() {
+    let _client = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(
+        &dir.path().join("state"),
+        &[],
+        &[("KILN_FAULT", "kill-rank:1:after-step:23"), ("KILN_FAULT_ATTEMPT", "1")],
+    );
+    let c = coord.client();
+    let text = slurm_spec(dir.path(), "slurmkill", 40, 10);
+    let (job, _) = c.submit(&text, None, Some(2), None).unwrap();
+    let done = coord.wait(job.id, Duration::from_secs(300));
+    assert_eq!(done.status, kiln_coordinator::JobStatus::Succeeded, "{}", coord.diagnose(job.id));
+    assert_eq!((done.attempts, done.restarts), (2, 1), "{}", coord.diagnose(job.id));
+    assert_ne!(done.attempt_list[0].handle, done.attempt_list[1].handle, "a fresh SLURM job");
+
+    let local = write_spec(dir.path(), &Job { name: "slurmkill-local", steps: 40, every: 10, ..Job::default() });
     assert!(kiln_run(dir.path(), &local, 2, &[]).status.success());
-    let d = max_diff(&params(dir.path(), "preempt", steps), &params(dir.path(), "straight", steps));
-    assert!(d <= 1e-6, "preempted + requeued run differs by {d}");
+    let store = dir.path().join("store/jobs").join(job.id.to_string());
+    let d = max_diff(&params_in(&store, "slurmkill", 40), &params(dir.path(), "slurmkill-local", 40));
+    assert!(d <= 1e-6, "restarted SLURM job differs from an uninterrupted run by {d}");
 }
