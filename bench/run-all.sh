@@ -44,3 +44,12 @@ s3pid=$!
 sleep 1
 AWS_ACCESS_KEY_ID=kiln AWS_SECRET_ACCESS_KEY=kiln-secret AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true \
   $KILN bench checkpoint --store s3://bench/ckpt --mb 256 --repeats 3 | tee "$OUT/checkpoint-s3.txt"
+
+echo "== coordinator submissions: kiln (held coordinator, loopback) vs sbatch and submitit on the local SLURM cluster"
+if sinfo -h >/dev/null 2>&1; then
+  .venv/bin/python -c 'import submitit' 2>/dev/null || .venv/bin/pip install -q submitit==1.5.4
+  { $KILN bench submit --jobs 1000 --clients 8 --sbatch 100; .venv/bin/python bench/submitit_submit.py 100; } | tee "$OUT/submit.txt"
+else
+  echo "(no SLURM cluster answers: kiln only; start one with scripts/slurm-cluster.sh start)"
+  $KILN bench submit --jobs 1000 --clients 8 | tee "$OUT/submit.txt"
+fi
