@@ -262,3 +262,63 @@ fn a_thousand_concurrent_submissions_lose_and_duplicate_nothing() {
     let listed = coord.client().jobs(None).unwrap();
     assert_eq!(listed.len(), clients * per);
 }
+
+#[test]
+fn attempts_that_vanished_while_the_coordinator_was_down_count_as_lost_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coord = Coord::start(&dir.path().join("state"), &["--slots", "2", "--heartbeat-s", "0.2"], &[]);
+    let c = coord.client();
+    let (job, _) = c.submit(&spec(dir.path(), "vanish", 2, 600, 50), None, Some(1), None).unwrap();
+    wait_for("a commit", Duration::from_secs(60), &coord, job.id, || c.job(job.id).unwrap().step.unwrap_or(0) > 60);
+    let pid: i32 = c.job(job.id).unwrap().attempt_list[0].handle.as_deref().unwrap().parse().unwrap();
+    coord.kill9();
+    // The node "reboots": the attempt dies while nobody watches it.
+    kiln_coordinator::launch::local::kill(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    coord.restart();
+    let c = coord.client();
+    let done = coord.wait(job.id, Duration::from_secs(240));
+    assert_eq!(done.status, JobStatus::Succeeded, "{}", coord.diagnose(job.id));
+    assert_eq!((done.attempts, done.restarts), (2, 1), "{}", coord.diagnose(job.id));
+    assert_eq!(done.attempt_list[0].cause.as_ref().unwrap()["cause"], "lost");
+    let log2 = String::from_utf8_lossy(&c.logs(job.id, Some(2), 0).unwrap().bytes).to_string();
+    assert!(!log2.contains("start_step=0"), "attempt 2 resumes from a commit:\n{log2}");
+}
+
+#[test]
+fn the_cli_submits_lists_shows_follows_and_explains_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(&dir.path().join("state"), &["--slots", "2"], &[]);
+    let path = dir.path().join("cli.toml");
+    std::fs::write(&path, spec(dir.path(), "cli", 1, 20, 10)).unwrap();
+    let cli = |args: &[&str]| {
+        let mut c = kiln();
+        c.args(args).env("KILN_COORDINATOR", &coord.url).env("KILN_TOKEN", TOKEN);
+        run(&mut c)
+    };
+    let out = cli(&["submit", path.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), coord.log());
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let jobs = text(&cli(&["jobs"]));
+    assert!(jobs.contains("cli") && jobs.contains("succeeded"), "{jobs}");
+    let status = text(&cli(&["status", &id]));
+    assert!(status.contains("attempt 1") && status.contains("\"exited\"") && status.contains("step      20"), "{status}");
+    let logs = cli(&["logs", &id, "-f"]);
+    assert!(logs.status.success() && text(&logs).contains("rank started"), "{}", text(&logs));
+
+    // Mistakes: the user's file and line, a missing token, an unknown job.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&path).unwrap().replace("steps = 20", "steps = \"many\"")).unwrap();
+    let out = cli(&["submit", bad.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("bad.toml:") && text(&out).contains("HTTP 400"), "{}", text(&out));
+    let mut c = kiln();
+    c.args(["jobs"]).env("KILN_COORDINATOR", &coord.url).env_remove("KILN_TOKEN");
+    let out = run(&mut c);
+    assert!(!out.status.success() && text(&out).contains("KILN_TOKEN"), "{}", text(&out));
+    let out = cli(&["cancel", "424242"]);
+    assert!(!out.status.success() && text(&out).contains("does not exist"), "{}", text(&out));
+    let mut c = kiln();
+    c.args(["jobs"]).env("KILN_COORDINATOR", "http://127.0.0.1:9").env("KILN_TOKEN", TOKEN);
+    let out = run(&mut c);
+    assert!(!out.status.success() && text(&out).contains("kiln coordinator"), "{}", text(&out));
+}

@@ -256,10 +256,17 @@ impl Coordinator {
             .iter()
             .find(|a| a.attempt == want)
             .ok_or_else(|| ApiError::new(404, format!("job {id} has no attempt {want} (it has {})", job.attempts)))?;
-        let bytes = match std::fs::read(&rec.log_path) {
-            Ok(b) => b,
-            Err(_) => self.stored_log(&job, want).unwrap_or_default(),
-        };
+        if let Ok(mut f) = std::fs::File::open(&rec.log_path) {
+            // Read only the requested window: logs of long runs are large, and
+            // `kiln logs -f` asks for the tail over and over.
+            use std::io::{Read, Seek, SeekFrom};
+            let mut out = Vec::new();
+            f.seek(SeekFrom::Start(offset))
+                .and_then(|_| f.take(max as u64).read_to_end(&mut out))
+                .map_err(|e| ApiError::new(500, format!("reading {}: {e}", rec.log_path)))?;
+            return Ok((want, out));
+        }
+        let bytes = self.stored_log(&job, want).unwrap_or_default();
         let start = (offset as usize).min(bytes.len());
         let end = (start + max).min(bytes.len());
         Ok((want, bytes[start..end].to_vec()))
