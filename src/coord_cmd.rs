@@ -54,6 +54,10 @@ pub struct CoordinatorArgs {
     /// Accept jobs but launch none.
     #[arg(long)]
     pub hold: bool,
+    /// Seconds to wait before restarting a failed attempt, doubled per restart
+    /// already spent (at most 60).
+    #[arg(long, default_value_t = 1.0)]
+    pub restart_backoff_s: f64,
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> Result<i32> {
@@ -65,7 +69,12 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     if let Some(u) = args.public_url {
         cfg.public_url = u;
     }
-    if let Some(s) = args.store {
+    if let Some(mut s) = args.store {
+        if !s.contains("://") {
+            // Workers resolve paths elsewhere (their own working directory, a
+            // SLURM node): hand them an absolute one.
+            s = std::path::absolute(&s).with_context(|| format!("--store {s}"))?.display().to_string();
+        }
         kiln_cluster::checkpoint::open_store_url_check(&s).map_err(|e| anyhow!("--store {s}: {e}"))?;
         if kiln_cluster::checkpoint::is_process_local(&s) {
             bail!("--store {s}: a memory store dies with the coordinator; use a directory or s3://");
@@ -84,6 +93,10 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     cfg.heartbeat_interval = Duration::from_secs_f64(args.heartbeat_s);
     cfg.slurm_bin = args.slurm_bin;
     cfg.hold = args.hold;
+    if !(0.0..=60.0).contains(&args.restart_backoff_s) {
+        bail!("--restart-backoff-s must be between 0 and 60");
+    }
+    cfg.restart_backoff = Duration::from_secs_f64(args.restart_backoff_s);
 
     let check: SpecCheck = Arc::new(|spec, text, origin| registry::check(spec, text, origin).map(|_| ()));
     let c = Coordinator::open(cfg, check).map_err(|e| anyhow!(e))?;
@@ -137,7 +150,13 @@ pub struct Remote {
 impl Remote {
     fn client(&self) -> Result<Client> {
         let token = match &self.token_file {
-            Some(f) => kiln_coordinator::auth::load_tokens(Some(f)).map_err(|e| anyhow!(e))?.remove(0),
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("token file {} holds no token", f.display()))?,
             None => std::env::var("KILN_TOKEN")
                 .map_err(|_| anyhow!("no API token: set KILN_TOKEN or pass --token-file (the coordinator's operator has it)"))?,
         };
@@ -201,7 +220,7 @@ pub fn jobs(args: JobsArgs) -> Result<i32> {
     };
     let jobs = args.remote.client()?.jobs(state)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:>6}  {:<24} {:<10} {:<6} {:>5} {:>8} {:>8}", "ID", "NAME", "STATE", "BACKEND", "RANKS", "ATTEMPTS", "STEP")?;
+    writeln!(out, "{:>6}  {:<24} {:<10} {:<7} {:>5} {:>8} {:>8}", "ID", "NAME", "STATE", "BACKEND", "RANKS", "ATTEMPTS", "STEP")?;
     for j in jobs {
         writeln!(
             out,
@@ -271,20 +290,24 @@ pub fn logs(args: LogsArgs) -> Result<i32> {
         out.write_all(&chunk.bytes)?;
         out.flush()?;
         offset = chunk.next_offset;
+        // Pin the attempt being read: offsets belong to one attempt's log.
+        if attempt.is_none() && chunk.attempt > 0 {
+            attempt = Some(chunk.attempt);
+        }
         if !chunk.bytes.is_empty() {
             continue;
         }
         if !args.follow {
             return Ok(0);
         }
-        // A new attempt started: follow it from its beginning.
+        // A newer attempt started: follow the next one from its beginning.
         if args.attempt.is_none() && chunk.attempts > chunk.attempt {
-            attempt = Some(chunk.attempts);
+            let next = chunk.attempt + 1;
+            attempt = Some(next);
             offset = 0;
-            writeln!(out, "---- attempt {} ----", chunk.attempts)?;
+            writeln!(out, "---- attempt {next} ----")?;
             continue;
         }
-        attempt = Some(chunk.attempt).filter(|&a| a > 0).or(attempt);
         if chunk.job_status.is_some_and(|s| s.is_terminal()) {
             return Ok(0);
         }

@@ -77,6 +77,12 @@ fn bad_requests_get_clear_4xx_answers_and_nothing_is_stored() {
     assert_eq!(api_error(c.job(9999)).0, 404);
     let r = http.get(format!("{}/v1/jobs?state=sleeping", coord.url)).bearer_auth(TOKEN).send().unwrap();
     assert!(r.status() == 400 && r.text().unwrap().contains("queued"));
+    let r = http.get(format!("{}/v1/jobs/1/logs?offset=-3", coord.url)).bearer_auth(TOKEN).send().unwrap();
+    assert!(r.status() == 400 && r.text().unwrap().contains("\"error\""), "JSON errors for bad queries too");
+    let r = http.delete(format!("{}/v1/jobs", coord.url)).bearer_auth(TOKEN).send().unwrap();
+    assert!(r.status() == 405 && r.text().unwrap().contains("\"error\""));
+    let r = http.get(format!("{}/v2/jobs", coord.url)).bearer_auth(TOKEN).send().unwrap();
+    assert!(r.status() == 404 && r.text().unwrap().contains("/v1"));
 
     assert!(c.jobs(None).unwrap().is_empty(), "a refused request stores nothing");
 
@@ -95,6 +101,8 @@ fn bad_requests_get_clear_4xx_answers_and_nothing_is_stored() {
     assert_eq!(api_error(worker.jobs(None)).0, 401, "a worker token is not an operator token");
     let r = http.post(format!("{}/v1/jobs/{}/heartbeat", coord.url, other.id)).bearer_auth(&db).body(hb.to_string()).send().unwrap();
     assert_eq!(r.status(), 409, "right token, but the job is not running");
+    let r = http.post(format!("{}/v1/jobs/777/heartbeat", coord.url)).bearer_auth(&db).body("not json").send().unwrap();
+    assert_eq!(r.status(), 403, "no hint whether job 777 exists, body unread");
 
     let m = c.get_text("/metrics").unwrap();
     assert!(m.contains("kiln_jobs{state=\"queued\"} 2"), "{m}");
@@ -321,4 +329,35 @@ fn the_cli_submits_lists_shows_follows_and_explains_mistakes() {
     c.args(["jobs"]).env("KILN_COORDINATOR", "http://127.0.0.1:9").env("KILN_TOKEN", TOKEN);
     let out = run(&mut c);
     assert!(!out.status.success() && text(&out).contains("kiln coordinator"), "{}", text(&out));
+}
+
+#[test]
+fn local_gpu_jobs_get_disjoint_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(&dir.path().join("state"), &["--slots", "2", "--gpus", "2"], &[]);
+    let c = coord.client();
+    // GPUs are reserved and handed out even though these ranks train on the CPU.
+    let text = spec(dir.path(), "gpu", 1, 10_000_000, 0).replacen("ranks_per_node = 1", "ranks_per_node = 1\ngpus_per_rank = 1", 1);
+    let text = text.replacen("[train]", "[train]\ndevice = \"cpu\"", 1);
+    let ids: Vec<i64> = (0..3).map(|_| c.submit(&text, None, None, None).unwrap().0.id).collect();
+    for &id in &ids[..2] {
+        wait_for("running", Duration::from_secs(60), &coord, id, || c.job(id).unwrap().status == JobStatus::Running);
+    }
+    assert_eq!(c.job(ids[2]).unwrap().status, JobStatus::Queued, "no third GPU");
+    let gpus_of = |id: i64| {
+        let pid: i32 = c.job(id).unwrap().attempt_list[0].handle.as_deref().unwrap().parse().unwrap();
+        kiln_coordinator::launch::local::assigned_gpus(pid)
+    };
+    let (g0, g1) = (gpus_of(ids[0]), gpus_of(ids[1]));
+    let mut both = vec![g0.clone(), g1];
+    both.sort();
+    assert_eq!(both, vec![vec![0], vec![1]]);
+    c.cancel(ids[0]).unwrap();
+    wait_for("the third job to take the freed GPU", Duration::from_secs(60), &coord, ids[2], || {
+        c.job(ids[2]).unwrap().status == JobStatus::Running
+    });
+    assert_eq!(gpus_of(ids[2]), g0);
+    for id in &ids[1..] {
+        c.cancel(*id).unwrap();
+    }
 }

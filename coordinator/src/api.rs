@@ -12,7 +12,7 @@ use crate::service::{ApiError, Coordinator, Submission};
 use crate::store::{AttemptRecord, JobRecord};
 use crate::watch::Heartbeat;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -116,6 +116,7 @@ pub fn router(c: Arc<Coordinator>) -> Router {
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
         .fallback(|| async { ApiError::new(404, "no such route; the API lives under /v1 (see docs/src/api.md)") })
+        .method_not_allowed_fallback(|| async { ApiError::new(405, "this route does not take that method (see docs/src/api.md)") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(c)
 }
@@ -140,6 +141,10 @@ fn job_id(raw: &str) -> Api<i64> {
         .ok()
         .filter(|&i| i > 0)
         .ok_or_else(|| ApiError::new(400, format!("'{raw}' is not a job id (a positive number, as `kiln jobs` lists)")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Api<T> {
+    q.map(|Query(t)| t).map_err(|r| ApiError::new(400, format!("bad query string: {}", r.body_text())))
 }
 
 fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Api<Bytes> {
@@ -174,8 +179,9 @@ struct ListQuery {
     state: Option<String>,
 }
 
-async fn list(State(c): Shared, headers: HeaderMap, Query(q): Query<ListQuery>) -> Api<Json<serde_json::Value>> {
+async fn list(State(c): Shared, headers: HeaderMap, q: Result<Query<ListQuery>, QueryRejection>) -> Api<Json<serde_json::Value>> {
     operator(&c, &headers)?;
+    let q = query(q)?;
     let status = match q.state.as_deref() {
         None | Some("") | Some("all") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -249,8 +255,14 @@ struct LogQuery {
     offset: u64,
 }
 
-async fn logs(State(c): Shared, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Api<Response> {
+async fn logs(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Api<Response> {
     operator(&c, &headers)?;
+    let q = query(q)?;
     let id = job_id(&id)?;
     let (attempt, bytes, status, attempts) = blocking(move || {
         let (attempt, bytes) = c.log(id, q.attempt, q.offset, LOG_CHUNK)?;
@@ -276,17 +288,24 @@ async fn logs(State(c): Shared, headers: HeaderMap, Path(id): Path<String>, Quer
 }
 
 async fn heartbeat(State(c): Shared, headers: HeaderMap, Path(id): Path<String>, raw: Result<Bytes, BytesRejection>) -> Api<StatusCode> {
-    let id = job_id(&id)?;
     let given = token(&headers)?.to_string();
+    let id = job_id(&id)?;
+    // The token first: a caller who may not report on this job learns nothing
+    // about it (not even whether it exists) and its body is not read.
+    let cc = c.clone();
+    blocking(move || {
+        if auth::any_matches(&cc.cfg.tokens, &given) {
+            return Ok(());
+        }
+        match cc.db().worker_token(id) {
+            Ok(own) if auth::same(&own, &given) => Ok(()),
+            _ => Err(ApiError::new(403, format!("this token may not report on job {id}"))),
+        }
+    })
+    .await?;
     let raw = body(raw, c.cfg.max_body_bytes)?;
     let hb: Heartbeat = serde_json::from_slice(&raw).map_err(|e| ApiError::new(400, format!("heartbeat body: {e}")))?;
     blocking(move || {
-        if !auth::any_matches(&c.cfg.tokens, &given) {
-            let own = c.db().worker_token(id)?;
-            if !auth::same(&own, &given) {
-                return Err(ApiError::new(403, format!("this token may not report on job {id}")));
-            }
-        }
         c.heartbeat(id, &hb)?;
         Ok(StatusCode::NO_CONTENT)
     })

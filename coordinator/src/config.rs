@@ -44,6 +44,10 @@ pub struct Config {
     pub hold: bool,
     /// Largest request body accepted (a job spec is a few KiB).
     pub max_body_bytes: usize,
+    /// Wait before restarting a failed attempt: this, doubled per restart already
+    /// spent, at most a minute (a job that fails at launch must not burn its
+    /// restarts in a second).
+    pub restart_backoff: Duration,
 }
 
 impl Config {
@@ -66,7 +70,14 @@ impl Config {
             slurm_bin: None,
             hold: false,
             max_body_bytes: 256 * 1024,
+            restart_backoff: Duration::from_secs(1),
         }
+    }
+
+    /// The wait before relaunching a job that has spent `restarts` restarts.
+    pub fn backoff(&self, restarts: u32) -> Duration {
+        let factor = 1u32 << restarts.saturating_sub(1).min(6);
+        (self.restart_backoff * factor).min(Duration::from_secs(60))
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -76,5 +87,20 @@ impl Config {
     /// A job's directory: its effective spec, attempt logs, run directory.
     pub fn job_dir(&self, id: i64) -> PathBuf {
         self.state_dir.join("jobs").join(id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_up_to_a_minute() {
+        let mut c = Config::new("127.0.0.1:0".parse().unwrap(), PathBuf::from("/s"), vec![], PathBuf::from("kiln"));
+        c.restart_backoff = Duration::from_secs(1);
+        let waits: Vec<u64> = [1, 2, 3, 4, 7, 8, 30].iter().map(|&r| c.backoff(r).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 60, 60, 60]);
+        c.restart_backoff = Duration::ZERO;
+        assert_eq!(c.backoff(5), Duration::ZERO);
     }
 }

@@ -76,6 +76,9 @@ pub enum AttemptCause {
     LaunchFailed { message: String },
     /// SLURM ended it in a state with no better match (time limit, boot failure…).
     Slurm { state: String },
+    /// The job was cancelled while this attempt ran (recorded on the attempt only;
+    /// the job's `cancel` event is what ends the job).
+    Cancelled,
 }
 
 /// Something that happened to a job.

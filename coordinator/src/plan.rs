@@ -53,6 +53,12 @@ pub fn plan(text: &str, cfg: &Config, slurm_enabled: bool, check: &SpecCheck) ->
             spec.checkpoint.store
         )));
     }
+    let store = &spec.checkpoint.store;
+    if *store != kiln_worker::spec::CheckpointSpec::default().store && !store.contains("://") && !store.starts_with('/') {
+        return Err(Refusal::Invalid(format!(
+            "{origin}: checkpoint.store = \"{store}\" is a relative path, which means nothing to a coordinator (relative to what?); use an absolute path every node sees, file:///…, or s3://…"
+        )));
+    }
     match spec.launch.backend {
         Backend::Local => check_local(&spec, cfg.capacity, ranks, gpus)?,
         Backend::Slurm if !slurm_enabled => {
@@ -160,6 +166,8 @@ name = "recsys.mmoe"
         assert!(matches!(plan("name = 3", &cfg(), false, &ok_check()), Err(Refusal::Invalid(_))));
         let traversal = SPEC.replace("name = \"t\"", "name = \"../../etc\"");
         assert!(matches!(plan(&traversal, &cfg(), false, &ok_check()), Err(Refusal::Invalid(m)) if m.contains("run name")));
+        let relative = SPEC.replace("[train]", "[checkpoint]\nstore = \"ckpts\"\n[train]");
+        assert!(matches!(plan(&relative, &cfg(), false, &ok_check()), Err(Refusal::Invalid(m)) if m.contains("relative path")));
         let no: SpecCheck = Arc::new(|_, _, o| Err(format!("{o}: unknown algorithm")));
         assert!(matches!(plan(SPEC, &cfg(), false, &no), Err(Refusal::Invalid(m)) if m.contains("unknown algorithm")));
     }

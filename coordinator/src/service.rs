@@ -70,14 +70,20 @@ pub struct Submission {
 
 enum Where {
     Local { pid: i32, files: AttemptFiles, child: Option<Child> },
-    Slurm { id: u64, restarts_seen: u32, last_poll: Option<Instant> },
+    Slurm { id: u64, restarts_seen: u32, last_poll: Option<Instant>, failed_polls: u32 },
 }
+
+/// Consecutive failed polls of a SLURM job after which it counts as lost (SLURM
+/// forgot it: purged after MinJobAge with no accounting to ask).
+const SLURM_POLL_FAILURES: u32 = 30;
 
 /// An attempt the supervisor is watching.
 struct Live {
     attempt: u32,
     place: Where,
     hang_timeout: Duration,
+    /// GPUs given to a local attempt (CUDA_VISIBLE_DEVICES).
+    gpus: Vec<u32>,
 }
 
 /// Counters for `/metrics` that the store does not hold.
@@ -97,6 +103,8 @@ pub struct Coordinator {
     live: Mutex<HashMap<JobId, Live>>,
     watch: Mutex<HashMap<JobId, AttemptWatch>>,
     stats: Mutex<Stats>,
+    /// Jobs waiting out their restart backoff.
+    not_before: Mutex<HashMap<JobId, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +138,7 @@ impl Coordinator {
             live: Mutex::new(HashMap::new()),
             watch: Mutex::new(HashMap::new()),
             stats: Mutex::new(Stats::default()),
+            not_before: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -325,6 +334,7 @@ impl Coordinator {
                     id,
                     restarts_seen: attempts.iter().filter(|a| a.handle.as_deref() == Some(h)).count() as u32 - 1,
                     last_poll: None,
+                    failed_polls: 0,
                 }),
                 _ => None,
             };
@@ -332,11 +342,24 @@ impl Coordinator {
                 Some(place) => {
                     tracing::info!(job = job.id, attempt = last.attempt, "re-attached to a running attempt");
                     let hang_timeout = self.hang_timeout_of(&job);
-                    lock(&self.live).insert(job.id, Live { attempt: last.attempt, place, hang_timeout });
+                    let gpus = match &place {
+                        Where::Local { pid, .. } => local::assigned_gpus(*pid),
+                        Where::Slurm { .. } => vec![],
+                    };
+                    lock(&self.live).insert(job.id, Live { attempt: last.attempt, place, hang_timeout, gpus });
                 }
                 None => {
-                    if job.backend == "local" {
-                        local::kill_unrecorded(&files);
+                    // Started but never recorded: stop whatever may run before
+                    // counting the attempt lost, or the restart would duplicate it.
+                    match (job.backend.as_str(), &self.slurm) {
+                        ("local", _) => local::kill_unrecorded(&files),
+                        (_, Some(c)) => {
+                            let name = launch::slurm::job_name(&job.name, job.id);
+                            if let Err(e) = c.cancel_named(&name) {
+                                tracing::warn!(job = job.id, name, error = %e, "could not cancel an unrecorded SLURM submission");
+                            }
+                        }
+                        _ => {}
                     }
                     self.apply(job.id, &Event::AttemptEnded { attempt: last.attempt, cause: AttemptCause::Lost });
                 }
@@ -396,14 +419,22 @@ impl Coordinator {
                 }
                 local::poll(*pid, files)
             }
-            Where::Slurm { id: sid, restarts_seen, last_poll } => {
+            Where::Slurm { id: sid, restarts_seen, last_poll, failed_polls } => {
                 if last_poll.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
-                    Polled::Running.clone_if(status == JobStatus::Running)
+                    Polled::Waiting
                 } else {
                     *last_poll = Some(Instant::now());
                     match self.slurm.as_ref().map(|c| launch::slurm::poll(c, *sid, *restarts_seen)) {
-                        Some(Ok(p)) => p,
+                        Some(Ok(p)) => {
+                            *failed_polls = 0;
+                            p
+                        }
+                        Some(Err(e)) if *failed_polls + 1 >= SLURM_POLL_FAILURES => {
+                            tracing::error!(job = id, slurm_job = *sid, error = %e, "SLURM no longer knows the job; counting the attempt lost");
+                            Polled::Ended(AttemptCause::Lost)
+                        }
                         Some(Err(e)) => {
+                            *failed_polls += 1;
                             tracing::warn!(job = id, slurm_job = *sid, error = %e, "cannot poll SLURM; will retry");
                             Polled::Waiting
                         }
@@ -420,16 +451,23 @@ impl Coordinator {
                 }
             }
             Polled::Requeued => {
-                self.end_attempt(id, live.attempt, AttemptCause::Preempted);
                 let next = live.attempt + 1;
-                if let Where::Slurm { id: sid, restarts_seen, .. } = &mut live.place {
-                    *restarts_seen += 1;
-                    if self.apply(id, &Event::Launch { attempt: next }).is_some() {
-                        let _ = self.db().set_attempt_handle(id, next, &sid.to_string(), &self.slurm_log(id, *sid));
-                        live.attempt = next;
-                        lock(&self.live).insert(id, live);
+                let Where::Slurm { id: sid, restarts_seen, .. } = &mut live.place else { return };
+                *restarts_seen += 1;
+                let events = [Event::AttemptEnded { attempt: live.attempt, cause: AttemptCause::Preempted }, Event::Launch { attempt: next }];
+                let handle = sid.to_string();
+                let log = self.slurm_log(id, *sid);
+                match self.db().apply_all(id, &events, Some((&handle, &log))) {
+                    Ok(_) => tracing::info!(job = id, slurm_job = *sid, attempt = next, "SLURM requeued the job: next attempt"),
+                    Err(e) => {
+                        tracing::warn!(job = id, error = %e, "requeue not recorded");
+                        return;
                     }
                 }
+                lock(&self.watch).remove(&id);
+                self.upload_log(id, live.attempt);
+                live.attempt = next;
+                lock(&self.live).insert(id, live);
                 return;
             }
             Polled::Ended(cause) => {
@@ -468,7 +506,13 @@ impl Coordinator {
 
     fn end_attempt(&self, id: JobId, attempt: u32, cause: AttemptCause) {
         lock(&self.watch).remove(&id);
-        self.apply(id, &Event::AttemptEnded { attempt, cause });
+        let preempted = cause == AttemptCause::Preempted;
+        if self.apply(id, &Event::AttemptEnded { attempt, cause }) == Some(JobStatus::Queued) && !preempted {
+            let restarts = self.db().get(id).map(|j| j.restarts).unwrap_or(1);
+            let wait = self.cfg.backoff(restarts);
+            tracing::info!(job = id, restarts, wait_s = wait.as_secs_f64(), "restarting after a pause");
+            lock(&self.not_before).insert(id, Instant::now() + wait);
+        }
         self.upload_log(id, attempt);
     }
 
@@ -501,6 +545,12 @@ impl Coordinator {
         if queue.is_empty() {
             return Ok(());
         }
+        let now = Instant::now();
+        let queue: Vec<JobRecord> = {
+            let mut nb = lock(&self.not_before);
+            nb.retain(|_, t| *t > now);
+            queue.into_iter().filter(|j| !nb.contains_key(&j.id)).collect()
+        };
         let mut busy = self.db().list(Some(JobStatus::Launching))?;
         busy.extend(self.db().list(Some(JobStatus::Running))?);
         for id in schedule::pick(self.cfg.capacity, Usage::of(&busy), &queue) {
@@ -522,10 +572,11 @@ impl Coordinator {
             s.launched += 1;
             s.queue_wait_s_sum += (now_ms() - job.submitted_ms).max(0) as f64 / 1000.0;
         }
-        match self.start(job, attempt) {
+        let gpus = self.free_gpus(job);
+        match self.start(job, attempt, &gpus) {
             Ok(place) => {
                 let hang_timeout = self.hang_timeout_of(job);
-                lock(&self.live).insert(id, Live { attempt, place, hang_timeout });
+                lock(&self.live).insert(id, Live { attempt, place, hang_timeout, gpus });
             }
             Err(message) => {
                 tracing::error!(job = id, attempt, %message, "launch failed");
@@ -534,7 +585,18 @@ impl Coordinator {
         }
     }
 
-    fn start(&self, job: &JobRecord, attempt: u32) -> Result<Where, String> {
+    /// The lowest-numbered GPUs no live local attempt holds, as many as `job`
+    /// needs (the scheduler has checked that enough are free).
+    fn free_gpus(&self, job: &JobRecord) -> Vec<u32> {
+        if job.backend != "local" || job.gpus == 0 {
+            return vec![];
+        }
+        let live = lock(&self.live);
+        let taken: Vec<u32> = live.values().flat_map(|l| l.gpus.iter().copied()).collect();
+        (0..self.cfg.capacity.gpus).filter(|g| !taken.contains(g)).take(job.gpus as usize).collect()
+    }
+
+    fn start(&self, job: &JobRecord, attempt: u32, gpus: &[u32]) -> Result<Where, String> {
         let id = job.id;
         let spec = JobSpec::parse(&job.spec, "job.toml")?;
         let dir = self.cfg.job_dir(id);
@@ -554,7 +616,7 @@ impl Coordinator {
         match job.backend.as_str() {
             "local" => {
                 let files = AttemptFiles::new(&dir, attempt);
-                let child = local::start(&self.cfg.kiln_exe, &spec_path, &run_dir, job.ranks as usize, &files, &report)
+                let child = local::start(&self.cfg.kiln_exe, &spec_path, &run_dir, job.ranks as usize, &files, &report, gpus)
                     .map_err(|e| format!("starting {}: {e}", self.cfg.kiln_exe.display()))?;
                 let pid = child.id() as i32;
                 self.db().set_attempt_handle(id, attempt, &pid.to_string(), &files.log().display().to_string()).map_err(|e| e.to_string())?;
@@ -566,7 +628,7 @@ impl Coordinator {
                 let (sid, log) = launch::slurm::start(client, &spec, &spec_path, &run_dir, &self.cfg.kiln_exe, &report)
                     .map_err(|e| e.to_string())?;
                 self.db().set_attempt_handle(id, attempt, &sid.to_string(), &log).map_err(|e| e.to_string())?;
-                Ok(Where::Slurm { id: sid, restarts_seen: 0, last_poll: None })
+                Ok(Where::Slurm { id: sid, restarts_seen: 0, last_poll: None, failed_polls: 0 })
             }
         }
     }
@@ -577,15 +639,4 @@ fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), String> {
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
-impl Polled {
-    /// `self` when `cond`, else `Waiting` (a SLURM job between polls keeps its state).
-    fn clone_if(self, cond: bool) -> Polled {
-        if cond {
-            self
-        } else {
-            Polled::Waiting
-        }
-    }
 }

@@ -7,7 +7,7 @@
 //! the API's request handlers write concurrently.
 
 use crate::error::CoordinatorError;
-use crate::lifecycle::{is_current, next, Event, JobStatus};
+use crate::lifecycle::{is_current, next, AttemptCause, Event, JobStatus};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -285,65 +285,34 @@ impl Store {
     /// Applies an event under the lifecycle rules, atomically: status, restart and
     /// attempt counters, and the event log change together or not at all.
     pub fn apply(&mut self, id: JobId, event: &Event) -> Result<JobStatus, CoordinatorError> {
+        self.apply_all(id, std::slice::from_ref(event), None)
+    }
+
+    /// Applies several events in one transaction, all or none, optionally
+    /// recording the handle and log of the attempt the last one launches. A
+    /// SLURM requeue is (attempt ended, next attempt launched on the same SLURM
+    /// job): a crash between the two must not leave a queued job that a second
+    /// sbatch would duplicate.
+    pub fn apply_all(&mut self, id: JobId, events: &[Event], handle: Option<(&str, &str)>) -> Result<JobStatus, CoordinatorError> {
         let db = self.db();
         let path = self.path.display().to_string();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&db)?;
-        let (status, restarts, max_restarts, attempts): (String, u32, u32, u32) = tx
-            .query_row("SELECT status, restarts, max_restarts, attempts FROM jobs WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-            .map_err(&db)?
-            .ok_or(CoordinatorError::NoSuchJob(id))?;
-        let status = JobStatus::parse(&status)
-            .ok_or_else(|| CoordinatorError::Corrupt { path: path.clone(), detail: format!("job {id} has status '{status}'") })?;
-        let t = Some(())
-            .filter(|_| is_current(event, attempts))
-            .and_then(|_| next(status, event, restarts, max_restarts))
-            .ok_or_else(|| CoordinatorError::InvalidTransition { job: id, status, event: event.clone() })?;
-        let attempts = match event {
-            Event::Launch { attempt } => (*attempt).max(attempts),
-            _ => attempts,
-        };
-        let now = now_ms();
-        tx.execute(
-            "UPDATE jobs SET status = ?2, restarts = restarts + ?3, attempts = ?4, updated_ms = ?5 WHERE id = ?1",
-            params![id, t.status.as_str(), t.restart_spent as u32, attempts, now],
-        )
-        .map_err(&db)?;
-        let json = serde_json::to_string(event).unwrap_or_default();
-        match event {
-            Event::Launch { attempt } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO attempts (job_id, attempt, started_ms) VALUES (?1, ?2, ?3)",
-                    params![id, attempt, now],
-                )
-                .map_err(&db)?;
-            }
-            Event::AttemptEnded { attempt, cause } => {
-                let cause = serde_json::to_string(cause).unwrap_or_default();
-                tx.execute(
-                    "UPDATE attempts SET ended_ms = ?3, cause = ?4 WHERE job_id = ?1 AND attempt = ?2",
-                    params![id, attempt, now, cause],
-                )
-                .map_err(&db)?;
-            }
-            Event::Cancel => {
-                tx.execute(
-                    "UPDATE attempts SET ended_ms = ?2, cause = '{\"cause\":\"cancelled\"}' WHERE job_id = ?1 AND ended_ms IS NULL",
-                    params![id, now],
-                )
-                .map_err(&db)?;
-            }
-            _ => {}
+        let mut last = None;
+        for event in events {
+            last = Some(apply_in(&tx, &path, id, event).map_err(|e| match e {
+                ApplyError::Db(source) => CoordinatorError::Db { path: path.clone(), source },
+                ApplyError::Other(e) => e,
+            })?);
         }
-        tx.execute(
-            "INSERT INTO events (job_id, at_ms, status, event) VALUES (?1, ?2, ?3, ?4)",
-            params![id, now, t.status.as_str(), json],
-        )
-        .map_err(&db)?;
+        if let (Some((handle, log)), Some(Event::Launch { attempt })) = (handle, events.last()) {
+            tx.execute(
+                "UPDATE attempts SET handle = ?3, log_path = ?4 WHERE job_id = ?1 AND attempt = ?2",
+                params![id, attempt, handle, log],
+            )
+            .map_err(&db)?;
+        }
         tx.commit().map_err(&db)?;
-        Ok(t.status)
+        last.ok_or_else(|| CoordinatorError::Corrupt { path, detail: "no event to apply".into() })
     }
 
     /// Records where an attempt runs, once the launcher has started it.
@@ -453,4 +422,67 @@ impl Store {
             .optional()
             .map_err(self.db())
     }
+}
+
+enum ApplyError {
+    Db(rusqlite::Error),
+    Other(CoordinatorError),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Db(e)
+    }
+}
+
+/// One event under the lifecycle rules, inside the caller's transaction: status,
+/// restart and attempt counters, the attempt row and the event log.
+fn apply_in(tx: &rusqlite::Transaction, path: &str, id: JobId, event: &Event) -> Result<JobStatus, ApplyError> {
+    let (status, restarts, max_restarts, attempts): (String, u32, u32, u32) = tx
+        .query_row("SELECT status, restarts, max_restarts, attempts FROM jobs WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?
+        .ok_or(ApplyError::Other(CoordinatorError::NoSuchJob(id)))?;
+    let status = JobStatus::parse(&status).ok_or_else(|| {
+        ApplyError::Other(CoordinatorError::Corrupt { path: path.to_string(), detail: format!("job {id} has status '{status}'") })
+    })?;
+    let t = Some(())
+        .filter(|_| is_current(event, attempts))
+        .and_then(|_| next(status, event, restarts, max_restarts))
+        .ok_or_else(|| ApplyError::Other(CoordinatorError::InvalidTransition { job: id, status, event: event.clone() }))?;
+    let attempts = match event {
+        Event::Launch { attempt } => (*attempt).max(attempts),
+        _ => attempts,
+    };
+    let now = now_ms();
+    tx.execute(
+        "UPDATE jobs SET status = ?2, restarts = restarts + ?3, attempts = ?4, updated_ms = ?5 WHERE id = ?1",
+        params![id, t.status.as_str(), t.restart_spent as u32, attempts, now],
+    )?;
+    let ended = |cause: &AttemptCause| serde_json::to_string(cause).unwrap_or_default();
+    match event {
+        Event::Launch { attempt } => {
+            tx.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, started_ms) VALUES (?1, ?2, ?3)", params![id, attempt, now])?;
+        }
+        Event::AttemptEnded { attempt, cause } => {
+            tx.execute(
+                "UPDATE attempts SET ended_ms = ?3, cause = ?4 WHERE job_id = ?1 AND attempt = ?2",
+                params![id, attempt, now, ended(cause)],
+            )?;
+        }
+        Event::Cancel => {
+            tx.execute(
+                "UPDATE attempts SET ended_ms = ?2, cause = ?3 WHERE job_id = ?1 AND ended_ms IS NULL",
+                params![id, now, ended(&AttemptCause::Cancelled)],
+            )?;
+        }
+        _ => {}
+    }
+    let json = serde_json::to_string(event).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO events (job_id, at_ms, status, event) VALUES (?1, ?2, ?3, ?4)",
+        params![id, now, t.status.as_str(), json],
+    )?;
+    Ok(t.status)
 }

@@ -92,6 +92,14 @@ impl SlurmClient {
             .ok_or_else(|| SlurmError::Parse { command: "sacct".into(), what: "job state", line: format!("no record of job {job_id}") })
     }
 
+    /// Cancels this user's jobs named `name` (for jobs submitted whose id was never
+    /// learnt, e.g. when the submitter crashed right after `sbatch`).
+    pub fn cancel_named(&self, name: &str) -> Result<(), SlurmError> {
+        let n = format!("--name={name}");
+        self.run("scancel", &[&n], None)?;
+        Ok(())
+    }
+
     /// Cancels a job, or with `signal` only signals its batch shell (e.g. "USR1").
     pub fn cancel(&self, job_id: u64, signal: Option<&str>) -> Result<(), SlurmError> {
         let id = job_id.to_string();

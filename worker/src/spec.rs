@@ -77,8 +77,9 @@ pub struct Launch {
     pub max_restarts: u32,
     /// Under a coordinator: higher runs first among queued jobs.
     pub priority: i64,
-    /// Under a coordinator: seconds without a finished step before the attempt is
-    /// declared hung, killed and restarted (0: the coordinator's default).
+    /// Under a coordinator: seconds in which no rank finishes a step or enters a
+    /// new collective before the attempt is declared hung, killed and restarted
+    /// (0: the coordinator's default).
     pub hang_timeout_s: u64,
 }
 

@@ -39,6 +39,7 @@ pub fn start(
     ranks: usize,
     files: &AttemptFiles,
     report: &ReportTo,
+    gpus: &[u32],
 ) -> std::io::Result<Child> {
     std::fs::create_dir_all(&files.dir)?;
     let _ = std::fs::remove_file(files.exit());
@@ -49,6 +50,11 @@ pub fn start(
     cmd.arg("supervise").arg("--exit-file").arg(files.exit()).arg("--pid-file").arg(files.pid()).arg("--");
     cmd.arg(inner.get_program()).args(inner.get_args());
     cmd.envs(report.env());
+    if !gpus.is_empty() {
+        // The job's own devices; local rank r takes the r-th of them.
+        let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        cmd.env("CUDA_VISIBLE_DEVICES", list.join(","));
+    }
     // Own process group, no terminal, output to the attempt log: nothing ties the
     // attempt to the coordinator's life.
     cmd.process_group(0).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -119,6 +125,15 @@ pub fn is_our_supervisor(pid: i32, files: &AttemptFiles) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let exit = files.exit().display().to_string();
     cmdline.split(|b| *b == 0).any(|arg| arg == exit.as_bytes())
+}
+
+/// The GPUs a running supervisor was given (read back after a coordinator restart).
+pub fn assigned_gpus(pid: i32) -> Vec<u32> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    env.split(|b| *b == 0)
+        .filter_map(|kv| kv.strip_prefix(b"CUDA_VISIBLE_DEVICES="))
+        .flat_map(|v| String::from_utf8_lossy(v).split(',').filter_map(|g| g.trim().parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
 
 /// Kills an attempt: the supervisor's process group and every descendant (mpirun

@@ -57,10 +57,16 @@ pub fn start(
 ) -> Result<(u64, String), SlurmError> {
     std::fs::create_dir_all(run_dir).map_err(|source| SlurmError::Spawn { command: format!("mkdir {}", run_dir.display()), source })?;
     let mut req = request(spec, spec_path, run_dir, kiln, report.env());
-    // The ranks add SLURM_RESTART_COUNT to the attempt number they report.
-    req.job_name = format!("{}.kiln{}", spec.name, report.job);
+    // A name that identifies the job, so a submission whose id was never recorded
+    // can still be found and cancelled (`cancel_named`).
+    req.job_name = job_name(&spec.name, report.job);
     let id = client.submit(&req.render()?)?;
     Ok((id, run_dir.join(format!("slurm-{id}.out")).display().to_string()))
+}
+
+/// The SLURM job name of coordinator job `job`.
+pub fn job_name(run: &str, job: i64) -> String {
+    format!("{run}.kiln{job}")
 }
 
 /// Maps SLURM's view of job `id` to the attempt's. `restarts_seen` is how many
@@ -78,6 +84,9 @@ pub fn poll(client: &SlurmClient, id: u64, restarts_seen: u32) -> Result<Polled,
     };
     Ok(match state {
         JobState::Pending | JobState::Configuring | JobState::Requeued | JobState::Suspended => Polled::Waiting,
+        // States kiln does not name (STOPPED, SIGNALING, holds, …) are not final:
+        // wait for one that is rather than give the attempt up while it may run.
+        JobState::Other(_) => Polled::Waiting,
         JobState::Running | JobState::Completing => Polled::Running,
         JobState::Completed => Polled::Ended(AttemptCause::Exited { code: 0 }),
         JobState::Failed | JobState::OutOfMemory => Polled::Ended(super::cause_of_exit(exit_code())),
@@ -85,7 +94,10 @@ pub fn poll(client: &SlurmClient, id: u64, restarts_seen: u32) -> Result<Polled,
         JobState::NodeFail => Polled::Ended(AttemptCause::NodeFailure {
             node: info.get("NodeList").cloned().unwrap_or_else(|| "?".into()),
         }),
-        other => Polled::Ended(AttemptCause::Slurm { state: format!("{other:?}") }),
+        JobState::Timeout => Polled::Ended(AttemptCause::Slurm { state: "TIMEOUT".into() }),
+        JobState::Cancelled => Polled::Ended(AttemptCause::Slurm { state: "CANCELLED".into() }),
+        JobState::BootFail => Polled::Ended(AttemptCause::Slurm { state: "BOOT_FAIL".into() }),
+        JobState::Deadline => Polled::Ended(AttemptCause::Slurm { state: "DEADLINE".into() }),
     })
 }
 
