@@ -4,6 +4,8 @@
 //! killed).
 
 mod common;
+#[path = "../cluster/tests/support/s3.rs"]
+mod s3;
 use common::*;
 use kiln_coordinator::client::ClientError;
 use kiln_coordinator::JobStatus;
@@ -360,4 +362,29 @@ fn local_gpu_jobs_get_disjoint_devices() {
     for id in &ids[1..] {
         c.cancel(*id).unwrap();
     }
+}
+
+#[test]
+fn checkpoints_and_logs_of_coordinator_jobs_live_in_the_s3_store() {
+    let server = s3::start_s3("runs");
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, String)> = server.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let coord = Coord::start(&dir.path().join("state"), &["--slots", "2", "--store", "s3://runs/lab"], &env);
+    let c = coord.client();
+    // The default store ("runs") means: the coordinator's.
+    let text = spec(dir.path(), "ins3", 2, 30, 10).replace(&format!("store = \"{}\"", dir.path().join("store").display()), "store = \"runs\"");
+    let (job, _) = c.submit(&text, None, None, None).unwrap();
+    let done = coord.wait(job.id, Duration::from_secs(180));
+    assert_eq!(done.status, JobStatus::Succeeded, "{}", coord.diagnose(job.id));
+    let run = server.root.path().join("runs/lab/jobs").join(job.id.to_string()).join("ins3");
+    assert!(run.join("ckpt/step-0000000030/COMMIT").exists(), "no commit in S3 under {}", run.display());
+    assert!(run.join("logs/attempt-1.log").exists() && run.join("metrics.jsonl").exists());
+    assert!(!dir.path().join("store").exists(), "nothing written outside the store");
+    // Any node can serve the log: with the local copy gone, it comes from S3.
+    let local = coord.state.join("jobs").join(job.id.to_string()).join("attempt-1/log.txt");
+    let before = c.logs(job.id, Some(1), 0).unwrap().bytes;
+    std::fs::remove_file(&local).unwrap();
+    let after = c.logs(job.id, Some(1), 0).unwrap().bytes;
+    assert!(!after.is_empty() && after == before);
 }

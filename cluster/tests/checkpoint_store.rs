@@ -5,9 +5,8 @@ use bytes::Bytes;
 use kiln_cluster::checkpoint::{decode_tensors, encode_tensors, CheckpointStore, SaveMeta, Shard};
 use kiln_cluster::StoreError;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
 
 fn meta(step: u64) -> SaveMeta {
     SaveMeta { step, world_size: 2, spec_hash: "abc".into() }
@@ -101,56 +100,9 @@ fn file_store_suite() {
     s.check_writable().unwrap();
 }
 
-/// A real S3-protocol server (s3s-fs) on a free loopback port, killed on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    _root: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("KILN_S3S_FS") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/s3s-fs")
-}
-
-fn start_s3(bucket: &str) -> S3Server {
-    let bin = s3s_fs_binary();
-    assert!(bin.exists(), "{} not found: run scripts/setup.sh (it installs the s3s-fs server)", bin.display());
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join(bucket)).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "kiln", "--secret-key", "kiln-secret"])
-        .arg(root.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s3s-fs did not start on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), _root: root }
-}
-
-fn set_s3_env(endpoint: &str) {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "kiln");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "kiln-secret");
-    std::env::set_var("AWS_ENDPOINT_URL", endpoint);
-    std::env::set_var("AWS_ALLOW_HTTP", "true");
-    std::env::set_var("AWS_REGION", "us-east-1");
-}
+#[path = "support/s3.rs"]
+mod s3;
+use s3::{set_s3_env, start_s3};
 
 /// All S3 cases share one test so the process-wide AWS_* variables never race.
 #[test]

@@ -76,8 +76,20 @@ impl Config {
 
     /// The wait before relaunching a job that has spent `restarts` restarts.
     pub fn backoff(&self, restarts: u32) -> Duration {
-        let factor = 1u32 << restarts.saturating_sub(1).min(6);
+        let factor = 1u32 << restarts.saturating_sub(1).min(16);
         (self.restart_backoff * factor).min(Duration::from_secs(60))
+    }
+
+    /// A short, stable name of this coordinator (from its state directory), put in
+    /// the names of its SLURM jobs so that cancelling by name never reaches
+    /// another coordinator's jobs.
+    pub fn instance(&self) -> String {
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in self.state_dir.as_os_str().as_encoded_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+        format!("{:08x}", h as u32)
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -354,7 +354,7 @@ impl Coordinator {
                     match (job.backend.as_str(), &self.slurm) {
                         ("local", _) => local::kill_unrecorded(&files),
                         (_, Some(c)) => {
-                            let name = launch::slurm::job_name(&job.name, job.id);
+                            let name = launch::slurm::job_name(&job.name, job.id, &self.cfg.instance());
                             if let Err(e) = c.cancel_named(&name) {
                                 tracing::warn!(job = job.id, name, error = %e, "could not cancel an unrecorded SLURM submission");
                             }
@@ -429,14 +429,24 @@ impl Coordinator {
                             *failed_polls = 0;
                             p
                         }
-                        Some(Err(e)) if *failed_polls + 1 >= SLURM_POLL_FAILURES => {
-                            tracing::error!(job = id, slurm_job = *sid, error = %e, "SLURM no longer knows the job; counting the attempt lost");
-                            Polled::Ended(AttemptCause::Lost)
-                        }
                         Some(Err(e)) => {
-                            *failed_polls += 1;
-                            tracing::warn!(job = id, slurm_job = *sid, error = %e, "cannot poll SLURM; will retry");
-                            Polled::Waiting
+                            // Count only failures while the controller answers (the
+                            // job is unknown to it); an unreachable controller is
+                            // an outage, not a lost job.
+                            let controller_up = self.slurm.as_ref().is_some_and(|c| c.queue(*sid).is_ok());
+                            if controller_up {
+                                *failed_polls += 1;
+                            }
+                            if *failed_polls >= SLURM_POLL_FAILURES {
+                                tracing::error!(job = id, slurm_job = *sid, error = %e, "SLURM no longer knows the job; counting the attempt lost");
+                                if let Some(c) = &self.slurm {
+                                    let _ = c.cancel(*sid, None);
+                                }
+                                Polled::Ended(AttemptCause::Lost)
+                            } else {
+                                tracing::warn!(job = id, slurm_job = *sid, error = %e, controller_up, "cannot poll SLURM; will retry");
+                                Polled::Waiting
+                            }
                         }
                         None => Polled::Ended(AttemptCause::LaunchFailed { message: "SLURM is not available to this coordinator".into() }),
                     }
@@ -580,7 +590,7 @@ impl Coordinator {
             }
             Err(message) => {
                 tracing::error!(job = id, attempt, %message, "launch failed");
-                self.apply(id, &Event::AttemptEnded { attempt, cause: AttemptCause::LaunchFailed { message } });
+                self.end_attempt(id, attempt, AttemptCause::LaunchFailed { message });
             }
         }
     }
@@ -625,7 +635,7 @@ impl Coordinator {
             }
             _ => {
                 let client = self.slurm.as_ref().ok_or("SLURM is not available to this coordinator")?;
-                let (sid, log) = launch::slurm::start(client, &spec, &spec_path, &run_dir, &self.cfg.kiln_exe, &report)
+                let (sid, log) = launch::slurm::start(client, &spec, &spec_path, &run_dir, &self.cfg.kiln_exe, &report, &self.cfg.instance())
                     .map_err(|e| e.to_string())?;
                 self.db().set_attempt_handle(id, attempt, &sid.to_string(), &log).map_err(|e| e.to_string())?;
                 Ok(Where::Slurm { id: sid, restarts_seen: 0, last_poll: None, failed_polls: 0 })

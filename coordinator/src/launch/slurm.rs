@@ -54,19 +54,21 @@ pub fn start(
     run_dir: &Path,
     kiln: &Path,
     report: &ReportTo,
+    instance: &str,
 ) -> Result<(u64, String), SlurmError> {
     std::fs::create_dir_all(run_dir).map_err(|source| SlurmError::Spawn { command: format!("mkdir {}", run_dir.display()), source })?;
     let mut req = request(spec, spec_path, run_dir, kiln, report.env());
     // A name that identifies the job, so a submission whose id was never recorded
     // can still be found and cancelled (`cancel_named`).
-    req.job_name = job_name(&spec.name, report.job);
+    req.job_name = job_name(&spec.name, report.job, instance);
     let id = client.submit(&req.render()?)?;
     Ok((id, run_dir.join(format!("slurm-{id}.out")).display().to_string()))
 }
 
-/// The SLURM job name of coordinator job `job`.
-pub fn job_name(run: &str, job: i64) -> String {
-    format!("{run}.kiln{job}")
+/// The SLURM job name of job `job` of the coordinator `instance`
+/// ([`crate::Config::instance`]).
+pub fn job_name(run: &str, job: i64, instance: &str) -> String {
+    format!("{run}.kiln{job}.{instance}")
 }
 
 /// Maps SLURM's view of job `id` to the attempt's. `restarts_seen` is how many
