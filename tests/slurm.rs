@@ -121,6 +121,11 @@ fn usr1_checkpoints_requeues_and_the_job_completes_on_the_same_trajectory() {
 /// is torn down. Once the job is requeued and no step of it is left (plus srun's
 /// own abort window), release it instead of waiting out that policy.
 fn release_when_requeued(client: &SlurmClient, id: u64) {
+    release_when_requeued_then(client, id, || {});
+}
+
+/// As [`release_when_requeued`], running `before_release` on the pending job first.
+fn release_when_requeued_then(client: &SlurmClient, id: u64, before_release: impl FnOnce()) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let info = client.show(id).unwrap();
@@ -132,6 +137,7 @@ fn release_when_requeued(client: &SlurmClient, id: u64) {
             .unwrap_or(false);
         if requeued && no_steps {
             std::thread::sleep(Duration::from_secs(8));
+            before_release();
             let _ = std::process::Command::new("scontrol").args(["update", &format!("JobId={id}"), "StartTime=now"]).status();
             return;
         }
@@ -153,17 +159,31 @@ fn slurm_id(coord: &Coord, job: i64) -> u64 {
     j.attempt_list.last().and_then(|a| a.handle.as_deref()).and_then(|h| h.parse().ok()).expect("a SLURM job id")
 }
 
-/// Through the coordinator: the time-limit path (USR1 to the batch shell) makes
-/// the ranks checkpoint and exit 75, the script requeues the SLURM job, the
-/// coordinator counts a preempted attempt (no restart spent) and the next one,
-/// and the job completes from its checkpoint.
+fn scontrol_update(id: u64, what: &str) {
+    let ok = std::process::Command::new("scontrol")
+        .args(["update", &format!("JobId={id}"), what])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "scontrol update JobId={id} {what} failed");
+}
+
+/// Through the coordinator, SLURM's own time limit: the running job's limit is
+/// cut to one minute, inside its `signal_grace_s` (120 s), so slurmctld sends
+/// SIGUSR1 to the batch shell at its next time-limit check (`--signal=B:USR1@120`),
+/// exactly as it would before a real limit. The ranks checkpoint and exit 75, the
+/// script requeues the SLURM job, the coordinator counts a preempted attempt (no
+/// restart spent) and the next one on the same SLURM id — surviving its own
+/// SIGKILL in between — and the job completes from its checkpoint.
 #[test]
-fn a_coordinator_slurm_job_is_preempted_requeued_and_completes() {
+fn a_coordinator_slurm_job_at_its_time_limit_checkpoints_requeues_and_completes() {
     let client = cluster();
     let dir = tempfile::tempdir().unwrap();
-    let coord = Coord::start(&dir.path().join("state"), &["--heartbeat-s", "0.2"], &[]);
+    // Attempt 1 is slowed down so it is surely still running when the signal comes.
+    let slow = [("KILN_FAULT", "slow-rank:0:ms:20,slow-rank:1:ms:20"), ("KILN_FAULT_ATTEMPT", "1")];
+    let coord = Coord::start(&dir.path().join("state"), &["--heartbeat-s", "0.2"], &slow);
     let c = coord.client();
-    let (job, _) = c.submit(&slurm_spec(dir.path(), "slurmpre", 4000, 0), None, Some(0), None).unwrap();
+    let (job, _) = c.submit(&slurm_spec(dir.path(), "slurmtl", 3000, 0), None, Some(0), None).unwrap();
     assert_eq!(job.backend, "slurm");
     let deadline = Instant::now() + Duration::from_secs(120);
     while c.job(job.id).unwrap().step.unwrap_or(0) < 5 {
@@ -172,8 +192,9 @@ fn a_coordinator_slurm_job_is_preempted_requeued_and_completes() {
     }
     assert_eq!(c.job(job.id).unwrap().status, kiln_coordinator::JobStatus::Running);
     let sid = slurm_id(&coord, job.id);
-    client.cancel(sid, Some("USR1")).unwrap();
-    release_when_requeued(&client, sid);
+    scontrol_update(sid, "TimeLimit=1");
+    // Give the requeued job its time back before it starts again.
+    release_when_requeued_then(&client, sid, || scontrol_update(sid, "TimeLimit=30"));
     // The coordinator crashes after counting the requeue; restarted, it must find
     // the same SLURM job by id and keep counting from attempt 2.
     let deadline = Instant::now() + Duration::from_secs(60);
