@@ -222,8 +222,8 @@ impl Coordinator {
         Ok(self.db().get(id)?)
     }
 
-    /// A worker's report. `is_operator` callers may report on any job; workers
-    /// only on their own (checked by the caller against [`Store::worker_token`]).
+    /// A worker's report (the API has checked that the caller may report on `id`:
+    /// an operator token, or the job's own worker token).
     pub fn heartbeat(&self, id: JobId, hb: &Heartbeat) -> Result<(), ApiError> {
         let job = self.db().get(id)?;
         if !matches!(job.status, JobStatus::Launching | JobStatus::Running) {

@@ -1,0 +1,14 @@
+//! GHPO and its GRPO baselines: reinforcement learning of causal language models
+//! with verifiable rewards, and GHPO's adaptive hints for problems the policy
+//! cannot solve yet (see `../shared/reference/ghpo.md` and docs/src/algorithms/ghpo.md).
+//!
+//! What this crate owns so far: [`reward`], the rewards a completion earns — a
+//! math answer verifier (extraction, normalisation, exact rational comparison)
+//! and the think/answer format reward. The model, tokenizer, generation and the
+//! GRPO/GHPO trainers come next (issue 4).
+//!
+//! Like every algorithm crate it must not launch processes, sync gradients or
+//! write checkpoints: it implements `kiln_worker::Algorithm` and the training
+//! loop does the rest.
+
+pub mod reward;
