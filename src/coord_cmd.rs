@@ -85,8 +85,9 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<i32> {
         cfg.capacity.slots = s;
     }
     cfg.capacity = Capacity { gpus: args.gpus, ..cfg.capacity };
-    if args.heartbeat_s <= 0.0 || args.hang_timeout_s == 0 || args.straggler_factor <= 1.0 {
-        bail!("--heartbeat-s and --hang-timeout-s must be positive and --straggler-factor above 1");
+    let finite = args.heartbeat_s.is_finite() && args.straggler_factor.is_finite() && args.restart_backoff_s.is_finite();
+    if !finite || args.heartbeat_s <= 0.0 || args.hang_timeout_s == 0 || args.straggler_factor <= 1.0 {
+        bail!("--heartbeat-s and --hang-timeout-s must be positive numbers and --straggler-factor a number above 1");
     }
     cfg.hang_timeout = Duration::from_secs(args.hang_timeout_s);
     cfg.straggler_factor = args.straggler_factor;
@@ -100,26 +101,28 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<i32> {
 
     let check: SpecCheck = Arc::new(|spec, text, origin| registry::check(spec, text, origin).map(|_| ()));
     let c = Coordinator::open(cfg, check).map_err(|e| anyhow!(e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // Bind before touching any job: a coordinator that cannot serve must not
+    // recover (and relaunch) anything.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(c.cfg.listen))
+        .with_context(|| format!("cannot listen on {} (in use? pick another with --listen)", c.cfg.listen))?;
     c.recover().context("recovering jobs from the store")?;
     let stop = Arc::new(AtomicBool::new(false));
     let supervisor = {
         let (c, stop) = (c.clone(), stop.clone());
         std::thread::Builder::new().name("kiln-supervisor".into()).spawn(move || c.supervise(stop))?
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    tracing::info!(
+        listen = %c.cfg.listen,
+        state = %c.cfg.state_dir.display(),
+        store = %c.cfg.store,
+        slots = c.cfg.capacity.slots,
+        gpus = c.cfg.capacity.gpus,
+        slurm = c.slurm_enabled(),
+        "coordinator ready"
+    );
     let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(c.cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (in use? pick another with --listen)", c.cfg.listen))?;
-        tracing::info!(
-            listen = %c.cfg.listen,
-            state = %c.cfg.state_dir.display(),
-            store = %c.cfg.store,
-            slots = c.cfg.capacity.slots,
-            gpus = c.cfg.capacity.gpus,
-            slurm = c.slurm_enabled(),
-            "coordinator ready"
-        );
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

@@ -384,3 +384,16 @@ fn checkpoints_and_logs_of_coordinator_jobs_live_in_the_s3_store() {
     let after = c.logs(job.id, Some(1), 0).unwrap().bytes;
     assert!(!after.is_empty() && after == before);
 }
+
+#[test]
+fn a_second_coordinator_on_the_same_state_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(&dir.path().join("state"), &["--hold"], &[]);
+    let mut c = kiln();
+    c.args(["coordinator", "--listen", "127.0.0.1:0", "--state-dir"]).arg(&coord.state).env("KILN_TOKEN", TOKEN);
+    let out = run(&mut c);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("another coordinator is using"), "{}", text(&out));
+    // The first one is unharmed.
+    assert!(coord.client().jobs(None).unwrap().is_empty());
+}

@@ -291,7 +291,7 @@ async fn heartbeat(State(c): Shared, headers: HeaderMap, Path(id): Path<String>,
     let given = token(&headers)?.to_string();
     let id = job_id(&id)?;
     // The token first: a caller who may not report on this job learns nothing
-    // about it (not even whether it exists) and its body is not read.
+    // about it (not even whether it exists), and its body is never parsed.
     let cc = c.clone();
     blocking(move || {
         if auth::any_matches(&cc.cfg.tokens, &given) {

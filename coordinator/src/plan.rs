@@ -43,10 +43,12 @@ pub fn plan(text: &str, cfg: &Config, slurm_enabled: bool, check: &SpecCheck) ->
     let origin = "job.toml";
     let spec = JobSpec::parse(text, origin).map_err(Refusal::Invalid)?;
     check(&spec, text, origin).map_err(Refusal::Invalid)?;
-    let world = spec.resources.world_size();
+    let r = &spec.resources;
+    let too_big = || Refusal::Invalid(format!("{origin}: [resources] asks for more ranks or GPUs than any machine has"));
+    let world = r.nodes.checked_mul(r.ranks_per_node).ok_or_else(too_big)?;
+    let ranks = u32::try_from(world).map_err(|_| too_big())?;
+    let gpus = world.checked_mul(r.gpus_per_rank).and_then(|g| u32::try_from(g).ok()).ok_or_else(too_big)?;
     spec.check_world(world).map_err(|e| Refusal::Invalid(format!("{origin}: {e}")))?;
-    let ranks = world as u32;
-    let gpus = (world * spec.resources.gpus_per_rank) as u32;
     if kiln_cluster::checkpoint::is_process_local(&spec.checkpoint.store) && world > 1 {
         return Err(Refusal::Invalid(format!(
             "{origin}: checkpoint.store = \"{}\" lives inside one process; leave it unset under a coordinator (checkpoints go to the coordinator's store)",

@@ -105,6 +105,37 @@ pub struct Coordinator {
     stats: Mutex<Stats>,
     /// Jobs waiting out their restart backoff.
     not_before: Mutex<HashMap<JobId, Instant>>,
+    /// Held for the coordinator's life: one coordinator per state directory.
+    _lock: std::fs::File,
+}
+
+/// Takes `<state>/lock` exclusively, or says which other coordinator has it. Two
+/// coordinators on one state directory would each recover and relaunch the
+/// other's attempts.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; the lock goes with the file.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(format!(
+            "another coordinator is using {} ({}); stop it first, or give this one its own --state-dir",
+            dir.display(),
+            holder.trim()
+        ));
+    }
+    use std::io::{Seek, Write};
+    let mut f = &file;
+    let _ = f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).and_then(|_| write!(f, "pid {}", std::process::id()));
+    Ok(file)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +152,7 @@ impl Coordinator {
     pub fn open(cfg: Config, check: SpecCheck) -> Result<Arc<Coordinator>, String> {
         std::fs::create_dir_all(cfg.state_dir.join("jobs"))
             .map_err(|e| format!("cannot create the state directory {}: {e}", cfg.state_dir.display()))?;
+        let lock_file = lock_state_dir(&cfg.state_dir)?;
         let store = Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
         let client = SlurmClient { bin_dir: cfg.slurm_bin.clone() };
         let sbatch = cfg.slurm_bin.as_ref().map(|d| d.join("sbatch")).unwrap_or_else(|| PathBuf::from("sbatch"));
@@ -139,6 +171,7 @@ impl Coordinator {
             watch: Mutex::new(HashMap::new()),
             stats: Mutex::new(Stats::default()),
             not_before: Mutex::new(HashMap::new()),
+            _lock: lock_file,
         }))
     }
 
@@ -215,7 +248,8 @@ impl Coordinator {
     pub fn cancel(&self, id: JobId) -> Result<JobRecord, ApiError> {
         let status = self.db().apply(id, &Event::Cancel)?;
         tracing::info!(job = id, status = %status, "cancelled");
-        if let Some(live) = lock(&self.live).remove(&id) {
+        let taken = lock(&self.live).remove(&id);
+        if let Some(live) = taken {
             self.stop(id, live);
         }
         lock(&self.watch).remove(&id);
@@ -265,6 +299,9 @@ impl Coordinator {
             .iter()
             .find(|a| a.attempt == want)
             .ok_or_else(|| ApiError::new(404, format!("job {id} has no attempt {want} (it has {})", job.attempts)))?;
+        if offset > i64::MAX as u64 {
+            return Err(ApiError::new(400, format!("offset {offset} is beyond any log")));
+        }
         if let Ok(mut f) = std::fs::File::open(&rec.log_path) {
             // Read only the requested window: logs of long runs are large, and
             // `kiln logs -f` asks for the tail over and over.
@@ -352,7 +389,7 @@ impl Coordinator {
                     // Started but never recorded: stop whatever may run before
                     // counting the attempt lost, or the restart would duplicate it.
                     match (job.backend.as_str(), &self.slurm) {
-                        ("local", _) => local::kill_unrecorded(&files),
+                        ("local", _) => local::kill_unrecorded(&files, &self.cfg.instance(), job.id, last.attempt),
                         (_, Some(c)) => {
                             let name = launch::slurm::job_name(&job.name, job.id, &self.cfg.instance());
                             if let Err(e) = c.cancel_named(&name) {
@@ -365,11 +402,21 @@ impl Coordinator {
                 }
             }
         }
-        // Cancelled while the coordinator was down between recording and stopping.
-        for job in self.db().list(Some(JobStatus::Cancelled))? {
-            if job.backend == "local" && job.attempts > 0 {
-                let files = AttemptFiles::new(&self.cfg.job_dir(job.id), job.attempts);
-                local::kill_unrecorded(&files);
+        // Cancelled while the coordinator was down between recording and stopping
+        // (a cancel is recorded first, acted on second). Only recent ones can
+        // still have anything running.
+        let cancelled = self.db().list(Some(JobStatus::Cancelled))?;
+        let recent = now_ms() - 7 * 24 * 3600 * 1000;
+        for job in cancelled.into_iter().filter(|j| j.attempts > 0 && j.updated_ms > recent) {
+            match (job.backend.as_str(), &self.slurm) {
+                ("local", _) => {
+                    let files = AttemptFiles::new(&self.cfg.job_dir(job.id), job.attempts);
+                    local::kill_unrecorded(&files, &self.cfg.instance(), job.id, job.attempts);
+                }
+                (_, Some(c)) => {
+                    let _ = c.cancel_named(&launch::slurm::job_name(&job.name, job.id, &self.cfg.instance()));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -384,12 +431,24 @@ impl Coordinator {
             .unwrap_or(self.cfg.hang_timeout)
     }
 
-    /// One round: watch live attempts, then start what fits.
+    /// One round: watch live attempts, then start what fits. A panic in a round
+    /// is logged and the next round runs: the supervisor must not die silently
+    /// while the API keeps answering.
     pub fn tick(&self) {
+        let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.round()));
+        if round.is_err() {
+            tracing::error!("supervisor round panicked; continuing with the next one");
+        }
+    }
+
+    fn round(&self) {
         let ids: Vec<JobId> = lock(&self.live).keys().copied().collect();
         for id in ids {
             self.check_attempt(id);
         }
+        // Heartbeats that raced an attempt's end may have left entries behind.
+        let live: Vec<JobId> = lock(&self.live).keys().copied().collect();
+        lock(&self.watch).retain(|id, _| live.contains(id));
         if !self.cfg.hold {
             if let Err(e) = self.schedule() {
                 tracing::error!(error = %e, "scheduling failed");
@@ -397,9 +456,44 @@ impl Coordinator {
         }
     }
 
+    /// Polls a SLURM job at most every 2 s; `None` between polls.
+    fn poll_slurm(&self, id: JobId, sid: u64, restarts_seen: u32, last_poll: &mut Option<Instant>, failed_polls: &mut u32) -> Option<Polled> {
+        if last_poll.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return None;
+        }
+        *last_poll = Some(Instant::now());
+        let Some(client) = self.slurm.as_ref() else {
+            return Some(Polled::Ended(AttemptCause::LaunchFailed { message: "SLURM is not available to this coordinator".into() }));
+        };
+        match launch::slurm::poll(client, sid, restarts_seen) {
+            Ok(p) => {
+                *failed_polls = 0;
+                Some(p)
+            }
+            Err(e) => {
+                // Count only failures while the controller answers (the job is
+                // unknown to it); an unreachable controller is an outage.
+                let controller_up = client.queue(sid).is_ok();
+                if controller_up {
+                    *failed_polls += 1;
+                }
+                if *failed_polls >= SLURM_POLL_FAILURES {
+                    tracing::error!(job = id, slurm_job = sid, error = %e, "SLURM no longer knows the job; counting the attempt lost");
+                    let _ = client.cancel(sid, None);
+                    Some(Polled::Ended(AttemptCause::Lost))
+                } else {
+                    tracing::warn!(job = id, slurm_job = sid, error = %e, controller_up, "cannot poll SLURM; will retry");
+                    None
+                }
+            }
+        }
+    }
+
     fn check_attempt(&self, id: JobId) {
-        let Some(mut live) = lock(&self.live).remove(&id) else { return };
-        let status = match self.db().get(id) {
+        let taken = lock(&self.live).remove(&id);
+        let Some(mut live) = taken else { return };
+        let got = self.db().get(id);
+        let status = match got {
             Ok(j) => j.status,
             Err(e) => {
                 tracing::error!(job = id, error = %e, "cannot read job");
@@ -412,80 +506,53 @@ impl Coordinator {
             self.stop(id, live);
             return;
         }
+        // `None`: no news this round (a SLURM job between polls).
         let polled = match &mut live.place {
             Where::Local { pid, files, child } => {
                 if let Some(c) = child.as_mut() {
                     let _ = c.try_wait(); // reap our own child so it does not linger as a zombie
                 }
-                local::poll(*pid, files)
+                Some(local::poll(*pid, files))
             }
             Where::Slurm { id: sid, restarts_seen, last_poll, failed_polls } => {
-                if last_poll.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
-                    Polled::Waiting
-                } else {
-                    *last_poll = Some(Instant::now());
-                    match self.slurm.as_ref().map(|c| launch::slurm::poll(c, *sid, *restarts_seen)) {
-                        Some(Ok(p)) => {
-                            *failed_polls = 0;
-                            p
-                        }
-                        Some(Err(e)) => {
-                            // Count only failures while the controller answers (the
-                            // job is unknown to it); an unreachable controller is
-                            // an outage, not a lost job.
-                            let controller_up = self.slurm.as_ref().is_some_and(|c| c.queue(*sid).is_ok());
-                            if controller_up {
-                                *failed_polls += 1;
-                            }
-                            if *failed_polls >= SLURM_POLL_FAILURES {
-                                tracing::error!(job = id, slurm_job = *sid, error = %e, "SLURM no longer knows the job; counting the attempt lost");
-                                if let Some(c) = &self.slurm {
-                                    let _ = c.cancel(*sid, None);
-                                }
-                                Polled::Ended(AttemptCause::Lost)
-                            } else {
-                                tracing::warn!(job = id, slurm_job = *sid, error = %e, controller_up, "cannot poll SLURM; will retry");
-                                Polled::Waiting
-                            }
-                        }
-                        None => Polled::Ended(AttemptCause::LaunchFailed { message: "SLURM is not available to this coordinator".into() }),
-                    }
-                }
+                let (sid, seen) = (*sid, *restarts_seen);
+                self.poll_slurm(id, sid, seen, last_poll, failed_polls)
             }
         };
         match polled {
-            Polled::Waiting => {}
-            Polled::Running => {
+            None => {}
+            Some(Polled::Waiting) => {
+                // Pending or suspended: no heartbeats are due, so nothing can hang.
+                lock(&self.watch).remove(&id);
+                lock(&self.live).insert(id, live);
+                return;
+            }
+            Some(Polled::Running) => {
                 if status == JobStatus::Launching {
                     self.apply(id, &Event::Started { attempt: live.attempt });
                 }
             }
-            Polled::Requeued => {
-                let next = live.attempt + 1;
-                let Where::Slurm { id: sid, restarts_seen, .. } = &mut live.place else { return };
-                *restarts_seen += 1;
-                let events = [Event::AttemptEnded { attempt: live.attempt, cause: AttemptCause::Preempted }, Event::Launch { attempt: next }];
-                let handle = sid.to_string();
-                let log = self.slurm_log(id, *sid);
-                match self.db().apply_all(id, &events, Some((&handle, &log))) {
-                    Ok(_) => tracing::info!(job = id, slurm_job = *sid, attempt = next, "SLURM requeued the job: next attempt"),
-                    Err(e) => {
-                        tracing::warn!(job = id, error = %e, "requeue not recorded");
-                        return;
-                    }
-                }
-                lock(&self.watch).remove(&id);
-                self.upload_log(id, live.attempt);
-                live.attempt = next;
-                lock(&self.live).insert(id, live);
+            Some(Polled::Requeued) => {
+                self.requeued(id, live);
                 return;
             }
-            Polled::Ended(cause) => {
+            Some(Polled::Ended(cause)) => {
+                if cause == AttemptCause::Lost {
+                    // The supervisor vanished; its ranks may not have.
+                    self.kill(id, &mut live);
+                }
+                if let Where::Local { child: Some(c), .. } = &mut live.place {
+                    let _ = c.wait(); // it has written its exit file and is exiting
+                }
                 self.end_attempt(id, live.attempt, cause);
                 return;
             }
         }
-        // Watchdog.
+        // Watchdog (only while the attempt runs).
+        if status != JobStatus::Running {
+            lock(&self.live).insert(id, live);
+            return;
+        }
         let now = Instant::now();
         let (hang, stragglers) = {
             let mut watch = lock(&self.watch);
@@ -501,13 +568,47 @@ impl Coordinator {
         }
         if let Some(stuck) = hang {
             tracing::error!(job = id, attempt = live.attempt, ?stuck, "attempt hung; killing it");
+            if !self.kill(id, &mut live) {
+                // Not confirmed stopped: writing it off now could run two copies.
+                lock(&self.live).insert(id, live);
+                return;
+            }
             lock(&self.stats).hangs += 1;
-            let attempt = live.attempt;
-            self.kill(&mut live);
-            self.end_attempt(id, attempt, AttemptCause::Hang { stuck_ranks: stuck });
+            self.end_attempt(id, live.attempt, AttemptCause::Hang { stuck_ranks: stuck });
             return;
         }
         lock(&self.live).insert(id, live);
+    }
+
+    /// SLURM put the job back in its queue: the attempt ended (preempted) and the
+    /// same SLURM job carries the next one — recorded in one transaction.
+    fn requeued(&self, id: JobId, mut live: Live) {
+        let Where::Slurm { id: sid, restarts_seen, .. } = &mut live.place else { return };
+        let (sid, next) = (*sid, live.attempt + 1);
+        let events = [Event::AttemptEnded { attempt: live.attempt, cause: AttemptCause::Preempted }, Event::Launch { attempt: next }];
+        let (handle, log) = (sid.to_string(), self.slurm_log(id, sid));
+        let recorded = self.db().apply_all(id, &events, Some((&handle, &log)));
+        match recorded {
+            Ok(_) => {
+                tracing::info!(job = id, slurm_job = sid, attempt = next, "SLURM requeued the job: next attempt");
+                *restarts_seen += 1;
+                lock(&self.watch).remove(&id);
+                self.upload_log(id, live.attempt);
+                live.attempt = next;
+                lock(&self.live).insert(id, live);
+            }
+            Err(e) => {
+                let got = self.db().get(id);
+                match got {
+                    // Cancelled meanwhile: the requeued SLURM job must not run on.
+                    Ok(j) if j.status.is_terminal() => self.stop(id, live),
+                    _ => {
+                        tracing::warn!(job = id, error = %e, "requeue not recorded; will retry");
+                        lock(&self.live).insert(id, live);
+                    }
+                }
+            }
+        }
     }
 
     fn slurm_log(&self, id: JobId, sid: u64) -> String {
@@ -526,27 +627,39 @@ impl Coordinator {
         self.upload_log(id, attempt);
     }
 
-    fn kill(&self, live: &mut Live) {
+    /// Stops an attempt's processes; false when that could not be confirmed
+    /// (scancel failed).
+    fn kill(&self, id: JobId, live: &mut Live) -> bool {
         match &mut live.place {
-            Where::Local { pid, child, .. } => {
-                local::kill(*pid);
+            Where::Local { pid, child, files } => {
+                // Only a pid that is still our supervisor is signalled (a re-attached
+                // one is reaped by init and its pid may be reused); the ranks are
+                // found by their job and attempt either way.
+                if child.is_some() || local::is_our_supervisor(*pid, files) {
+                    local::kill(*pid);
+                }
+                local::kill_attempt(&self.cfg.instance(), id, live.attempt);
                 if let Some(c) = child.as_mut() {
                     let _ = c.wait();
                 }
+                true
             }
-            Where::Slurm { id, .. } => {
-                if let Some(c) = &self.slurm {
-                    if let Err(e) = c.cancel(*id, None) {
-                        tracing::warn!(slurm_job = *id, error = %e, "scancel failed");
+            Where::Slurm { id, .. } => match &self.slurm {
+                Some(c) => match c.cancel(*id, None) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(slurm_job = *id, error = %e, "scancel failed; will retry");
+                        false
                     }
-                }
-            }
+                },
+                None => false,
+            },
         }
     }
 
     fn stop(&self, id: JobId, mut live: Live) {
         let attempt = live.attempt;
-        self.kill(&mut live);
+        self.kill(id, &mut live);
         self.upload_log(id, attempt);
     }
 
@@ -622,6 +735,7 @@ impl Coordinator {
             attempt,
             token,
             heartbeat_s: self.cfg.heartbeat_interval.as_secs_f64(),
+            instance: self.cfg.instance(),
         };
         match job.backend.as_str() {
             "local" => {
@@ -629,7 +743,15 @@ impl Coordinator {
                 let child = local::start(&self.cfg.kiln_exe, &spec_path, &run_dir, job.ranks as usize, &files, &report, gpus)
                     .map_err(|e| format!("starting {}: {e}", self.cfg.kiln_exe.display()))?;
                 let pid = child.id() as i32;
-                self.db().set_attempt_handle(id, attempt, &pid.to_string(), &files.log().display().to_string()).map_err(|e| e.to_string())?;
+                let recorded = self.db().set_attempt_handle(id, attempt, &pid.to_string(), &files.log().display().to_string());
+                if let Err(e) = recorded {
+                    // Unrecorded, it would run on beside the relaunch: stop it first.
+                    let mut child = child;
+                    local::kill(pid);
+                    local::kill_attempt(&self.cfg.instance(), id, attempt);
+                    let _ = child.wait();
+                    return Err(format!("recording the attempt: {e}"));
+                }
                 self.apply(id, &Event::Started { attempt });
                 Ok(Where::Local { pid, files, child: Some(child) })
             }
@@ -637,7 +759,11 @@ impl Coordinator {
                 let client = self.slurm.as_ref().ok_or("SLURM is not available to this coordinator")?;
                 let (sid, log) = launch::slurm::start(client, &spec, &spec_path, &run_dir, &self.cfg.kiln_exe, &report, &self.cfg.instance())
                     .map_err(|e| e.to_string())?;
-                self.db().set_attempt_handle(id, attempt, &sid.to_string(), &log).map_err(|e| e.to_string())?;
+                let recorded = self.db().set_attempt_handle(id, attempt, &sid.to_string(), &log);
+                if let Err(e) = recorded {
+                    let _ = client.cancel(sid, None);
+                    return Err(format!("recording the attempt: {e}"));
+                }
                 Ok(Where::Slurm { id: sid, restarts_seen: 0, last_poll: None, failed_polls: 0 })
             }
         }

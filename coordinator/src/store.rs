@@ -265,8 +265,8 @@ impl Store {
         self.finish(raw.ok_or(CoordinatorError::NoSuchJob(id))?)
     }
 
-    /// Jobs, optionally only those in `status`; queued jobs come in scheduling order
-    /// (higher priority first, then FIFO), others by id.
+    /// Jobs, optionally only those in `status`. Filtered lists come in scheduling
+    /// order (higher priority first, then FIFO); the full list by id.
     pub fn list(&self, status: Option<JobStatus>) -> Result<Vec<JobRecord>, CoordinatorError> {
         let (sql, arg) = match status {
             Some(s) => (

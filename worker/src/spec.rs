@@ -371,7 +371,9 @@ impl JobSpec {
         if world < 1 {
             return Err("the number of ranks must be at least 1".into());
         }
-        let parts = world * self.train.micro_steps;
+        let Some(parts) = world.checked_mul(self.train.micro_steps).filter(|&p| p > 0) else {
+            return Err(format!("{world} rank(s) x {} micro-step(s) is more than the global batch can ever divide into", self.train.micro_steps));
+        };
         if self.train.global_batch % parts != 0 {
             return Err(format!(
                 "train.global_batch ({}) must divide evenly over {world} rank(s) x {} micro-step(s); pick a multiple of {parts}",

@@ -40,12 +40,26 @@ impl Watched {
         Watched { inner, clock }
     }
 
-    fn timed<T>(&self, f: impl FnOnce(&dyn Communicator) -> T) -> T {
+    /// Runs one collective, counting it on entry and timing it. `cuda` names the
+    /// device of its tensors: NCCL only enqueues work, so the wait for slower
+    /// peers is made to happen here (a device sync) rather than in the next
+    /// computation, where it would count as compute time.
+    fn timed<T>(&self, cuda: Option<usize>, f: impl FnOnce(&dyn Communicator) -> T) -> T {
         self.clock.entered.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
         let out = f(self.inner.as_ref());
+        if let Some(d) = cuda {
+            tch::Cuda::synchronize(d as i64);
+        }
         self.clock.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         out
+    }
+}
+
+fn cuda_index(t: &Tensor) -> Option<usize> {
+    match t.device() {
+        tch::Device::Cuda(i) => Some(i),
+        _ => None,
     }
 }
 
@@ -60,25 +74,26 @@ impl Communicator for Watched {
         self.inner.backend()
     }
     fn all_reduce(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<(), CommError> {
-        self.timed(|c| c.all_reduce(tensor, op))
+        self.timed(cuda_index(tensor), |c| c.all_reduce(tensor, op))
     }
     fn all_reduce_many(&self, tensors: &mut [Tensor], op: ReduceOp) -> Result<(), CommError> {
-        self.timed(|c| c.all_reduce_many(tensors, op))
+        let cuda = tensors.first().and_then(cuda_index);
+        self.timed(cuda, |c| c.all_reduce_many(tensors, op))
     }
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), CommError> {
-        self.timed(|c| c.broadcast(tensor, root))
+        self.timed(cuda_index(tensor), |c| c.broadcast(tensor, root))
     }
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
-        self.timed(|c| c.all_gather_bytes(bytes))
+        self.timed(None, |c| c.all_gather_bytes(bytes))
     }
     fn all_gather(&self, tensor: &Tensor) -> Result<Vec<Tensor>, CommError> {
-        self.timed(|c| c.all_gather(tensor))
+        self.timed(cuda_index(tensor), |c| c.all_gather(tensor))
     }
     fn barrier(&self) -> Result<(), CommError> {
-        self.timed(|c| c.barrier())
+        self.timed(None, |c| c.barrier())
     }
     fn any(&self, flag: bool) -> Result<bool, CommError> {
-        self.timed(|c| c.any(flag))
+        self.timed(None, |c| c.any(flag))
     }
 }
 

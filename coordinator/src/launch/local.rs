@@ -50,6 +50,9 @@ pub fn start(
     cmd.arg("supervise").arg("--exit-file").arg(files.exit()).arg("--pid-file").arg(files.pid()).arg("--");
     cmd.arg(inner.get_program()).args(inner.get_args());
     cmd.envs(report.env());
+    // A coordinator that itself runs inside a requeued SLURM job must not pass
+    // its restart count on: ranks would report the wrong attempt.
+    cmd.env_remove("SLURM_RESTART_COUNT");
     if !gpus.is_empty() {
         // The job's own devices; local rank r takes the r-th of them.
         let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
@@ -180,13 +183,42 @@ fn descendants(root: i32) -> Vec<i32> {
     out
 }
 
+/// Kills every process of an attempt, found by the variables the launcher gave
+/// it (`KILN_COORDINATOR_ID`, `KILN_JOB_ID`, `KILN_ATTEMPT`): ranks that
+/// outlived their supervisor, or a supervisor whose pid was never recorded.
+pub fn kill_attempt(instance: &str, job: i64, attempt: u32) {
+    let want = [
+        format!("KILN_COORDINATOR_ID={instance}"),
+        format!("KILN_JOB_ID={job}"),
+        format!("KILN_ATTEMPT={attempt}"),
+    ];
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if want.iter().all(|w| vars.contains(&w.as_bytes())) {
+            // SAFETY: kill() has no memory preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Kills a supervisor that was started but whose pid never reached the store
-/// (the coordinator died in between): its pid file names it.
-pub fn kill_unrecorded(files: &AttemptFiles) {
+/// (the coordinator died in between): its pid file names it, and its
+/// environment finds it (and its ranks) even before it wrote that file.
+pub fn kill_unrecorded(files: &AttemptFiles, instance: &str, job: i64, attempt: u32) {
     let pid = std::fs::read_to_string(files.pid()).ok().and_then(|s| s.trim().parse::<i32>().ok());
     if let Some(pid) = pid.filter(|&p| is_our_supervisor(p, files)) {
         kill(pid);
     }
+    kill_attempt(instance, job, attempt);
 }
 
 #[cfg(test)]

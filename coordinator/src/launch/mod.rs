@@ -17,6 +17,9 @@ pub struct ReportTo {
     pub attempt: u32,
     pub token: String,
     pub heartbeat_s: f64,
+    /// The coordinator's instance name ([`crate::Config::instance`]): with the job
+    /// and attempt it identifies the attempt's processes on a shared host.
+    pub instance: String,
 }
 
 impl ReportTo {
@@ -27,6 +30,7 @@ impl ReportTo {
             ("KILN_ATTEMPT".into(), self.attempt.to_string()),
             ("KILN_WORKER_TOKEN".into(), self.token.clone()),
             ("KILN_HEARTBEAT_S".into(), format!("{}", self.heartbeat_s)),
+            ("KILN_COORDINATOR_ID".into(), self.instance.clone()),
         ]
     }
 }

@@ -114,13 +114,13 @@ mod tests {
             "t",
         )
         .unwrap();
-        let report = ReportTo { url: "http://c:7878".into(), job: 3, attempt: 1, token: "t0k".into(), heartbeat_s: 5.0 };
+        let report = ReportTo { url: "http://c:7878".into(), job: 3, attempt: 1, token: "t0k".into(), heartbeat_s: 5.0, instance: "abcd1234".into() };
         let r = request(&spec, "/s/spec.toml".as_ref(), "/s/run".as_ref(), "/bin/kiln".as_ref(), report.env());
         assert_eq!((r.nodes, r.ntasks_per_node, r.gpus_per_node), (2, 4, 4));
         assert_eq!(r.command[..2], ["/bin/kiln".to_string(), "worker".to_string()]);
         assert!(r.command.contains(&"--auto-resume".to_string()));
         let script = r.render().unwrap();
-        assert!(script.contains("export KILN_JOB_ID=3"), "{script}");
+        assert!(script.contains("export KILN_JOB_ID=3") && script.contains("KILN_COORDINATOR_ID=abcd1234"), "{script}");
         assert!(script.contains("--signal=B:USR1@120") && script.contains("--requeue"), "{script}");
     }
 }
