@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.13.0
 S3S_FS_VERSION=0.14.1
+TRANSFORMERS_VERSION=5.24.0
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -32,6 +33,11 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
+# The reference implementation the GHPO model is tested against (Qwen2 logits).
+if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_VERSION')" 2>/dev/null; then
+  say "installing transformers==$TRANSFORMERS_VERSION into .venv (test reference for the Qwen2 model)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION"
+fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" .venv/libtorch
 
@@ -39,4 +45,4 @@ if [ ! -x .tools/bin/s3s-fs ]; then
   say "building the s3s-fs S3 server $S3S_FS_VERSION into .tools/ (once)"
   cargo install --quiet --locked --root .tools "s3s-fs@$S3S_FS_VERSION" --features binary
 fi
-say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, s3s-fs $S3S_FS_VERSION"
+say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, transformers $TRANSFORMERS_VERSION, s3s-fs $S3S_FS_VERSION"

@@ -4,11 +4,13 @@
 //!
 //! What this crate owns so far: [`reward`], the rewards a completion earns — a
 //! math answer verifier (extraction, normalisation, exact rational comparison)
-//! and the think/answer format reward. The model, tokenizer, generation and the
-//! GRPO/GHPO trainers come next (issue 4).
+//! and the think/answer format reward — and [`model`], the Qwen2 architecture
+//! with Hugging Face names, loading and saving model folders. The tokenizer,
+//! generation and the GRPO/GHPO trainers come next (issue 4).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints: it implements `kiln_worker::Algorithm` and the training
 //! loop does the rest.
 
+pub mod model;
 pub mod reward;

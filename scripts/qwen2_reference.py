@@ -1,0 +1,72 @@
+"""The reference side of algorithms/ghpo/tests/qwen2.rs: Hugging Face
+transformers' own Qwen2 (eager attention).
+
+  make <dir> tied|untied single|sharded
+      writes a small random Qwen2 model folder (save_pretrained) and
+      <dir>/expected.safetensors: a left-padded batch (ids, mask) and its logits.
+  logits <model dir> <ids/mask file> <out file>
+      loads a model folder written by anyone (kiln's writer included) with
+      from_pretrained and writes the logits of the batch in <ids/mask file>.
+"""
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+def batch():
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 90]], dtype=torch.long)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.long)
+    return ids, mask
+
+
+def logits(model, ids, mask):
+    pos = mask.cumsum(-1) - 1
+    pos = pos.masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+
+
+def make(out, tied, sharded):
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        attn_implementation="eager",
+    )
+    model = Qwen2ForCausalLM(cfg).eval()
+    # transformers starts biases at 0 and norms at 1: perturb them so a loader
+    # that skipped them could not pass.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="20KB" if sharded else "5GB")
+    ids, mask = batch()
+    save_file({"ids": ids, "mask": mask, "logits": logits(model, ids, mask).contiguous()}, f"{out}/expected.safetensors")
+
+
+def main():
+    if sys.argv[1] == "make":
+        make(sys.argv[2], sys.argv[3] == "tied", sys.argv[4] == "sharded")
+    elif sys.argv[1] == "logits":
+        model = Qwen2ForCausalLM.from_pretrained(sys.argv[2], attn_implementation="eager", dtype=torch.float32).eval()
+        b = load_file(sys.argv[3])
+        save_file({"logits": logits(model, b["ids"], b["mask"]).contiguous()}, sys.argv[4])
+    else:
+        sys.exit(f"unknown mode {sys.argv[1]}")
+
+
+if __name__ == "__main__":
+    main()
