@@ -5,12 +5,14 @@
 //! What this crate owns so far: [`reward`], the rewards a completion earns — a
 //! math answer verifier (extraction, normalisation, exact rational comparison)
 //! and the think/answer format reward — and [`model`], the Qwen2 architecture
-//! with Hugging Face names, loading and saving model folders. The tokenizer,
-//! generation and the GRPO/GHPO trainers come next (issue 4).
+//! with Hugging Face names, loading and saving model folders — and
+//! [`generate`], batched sampling with a KV cache. The tokenizer and the
+//! GRPO/GHPO trainers come next (issue 4).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints: it implements `kiln_worker::Algorithm` and the training
 //! loop does the rest.
 
+pub mod generate;
 pub mod model;
 pub mod reward;
