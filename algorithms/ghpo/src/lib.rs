@@ -6,8 +6,9 @@
 //! math answer verifier (extraction, normalisation, exact rational comparison)
 //! and the think/answer format reward — and [`model`], the Qwen2 architecture
 //! with Hugging Face names, loading and saving model folders — and
-//! [`generate`], batched sampling with a KV cache. The tokenizer and the
-//! GRPO/GHPO trainers come next (issue 4).
+//! [`generate`], batched sampling with a KV cache — and [`tokenizer`]
+//! (`tokenizer.json` files, training a byte-level BPE, prompt templates and
+//! GHPO's hints). The GRPO/GHPO trainers come next (issue 4).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints: it implements `kiln_worker::Algorithm` and the training
@@ -16,3 +17,4 @@
 pub mod generate;
 pub mod model;
 pub mod reward;
+pub mod tokenizer;
