@@ -2,7 +2,8 @@
 //! sampler against plain full forward passes, determinism under a seed, and the
 //! stopping rules.
 
-use kiln_ghpo::generate::{generate, Finish, SamplingParams};
+use kiln_ghpo::generate::{generate, left_pad, Finish, SamplingParams};
+use kiln_ghpo::grpo::completion_logprobs;
 use kiln_ghpo::model::{positions_from_mask, Qwen2, Qwen2Config};
 use tch::{Device, Kind, Tensor};
 
@@ -99,4 +100,31 @@ fn eos_and_stop_sequences_end_rows_while_others_go_on() {
     assert_eq!(out[0].tokens, free[0].tokens[..5].to_vec());
     assert_eq!(out[0].finish, Finish::Stop);
     assert!(out[0].tokens.ends_with(&stop));
+}
+
+#[test]
+fn training_logprobs_of_a_padded_batch_equal_the_sampling_logprobs() {
+    let m = model();
+    let p = SamplingParams { temperature: 0.9, max_new_tokens: 6, seed: 2, eos_ids: vec![7], ..Default::default() };
+    let prompts = prompts();
+    let out = generate(&m, &prompts, 0, &p);
+    // Left-padded prompts, then right-padded completions, as the trainer builds them.
+    let (pids, pmask) = left_pad(&prompts, 0);
+    let longest = out.iter().map(|c| c.tokens.len()).max().unwrap();
+    let mut cids = Vec::new();
+    let mut cmask = Vec::new();
+    for c in &out {
+        cids.extend(c.tokens.iter().copied().chain(std::iter::repeat_n(0, longest - c.tokens.len())));
+        cmask.extend(std::iter::repeat_n(1i64, c.tokens.len()).chain(std::iter::repeat_n(0, longest - c.tokens.len())));
+    }
+    let shape = [prompts.len() as i64, longest as i64];
+    let ids = Tensor::cat(&[pids, Tensor::from_slice(&cids).view(shape)], 1);
+    let mask = Tensor::cat(&[pmask.shallow_clone(), Tensor::from_slice(&cmask).view(shape)], 1);
+    let lp = tch::no_grad(|| completion_logprobs(&m, &ids, &mask, pmask.size()[1], 0.9));
+    for (i, c) in out.iter().enumerate() {
+        for (j, &want) in c.logprobs.iter().enumerate() {
+            let got = lp.double_value(&[i as i64, j as i64]);
+            assert!((got - want).abs() < 1e-4, "row {i} token {j}: {got} vs {want}");
+        }
+    }
 }
