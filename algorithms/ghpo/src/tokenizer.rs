@@ -121,11 +121,11 @@ impl PromptFormat {
 pub const HINT_CONNECTOR: &str =
     "\n The following text is the beginning part of the answer, which you can refer to for solving the problem:\n";
 
-/// The first `ratio` of a reference solution, in characters (rounded), as
-/// GHPO's hints are cut.
+/// The first `ratio` of a reference solution, in characters, as GHPO's hints
+/// are cut: `round(len × ratio)` with Python's rounding (halves to even).
 pub fn hint_prefix(solution: &str, ratio: f64) -> &str {
     let chars = solution.chars().count();
-    let take = ((chars as f64) * ratio.clamp(0.0, 1.0)).round() as usize;
+    let take = ((chars as f64) * ratio.clamp(0.0, 1.0)).round_ties_even() as usize;
     let end = solution.char_indices().nth(take).map(|(i, _)| i).unwrap_or(solution.len());
     &solution[..end]
 }
@@ -163,6 +163,8 @@ mod tests {
         assert_eq!(hint_prefix(sol, 0.75), "abcdef");
         assert_eq!(hint_prefix(sol, 1.0), sol);
         assert_eq!(hint_prefix("αβγδ", 0.5), "αβ", "characters, not bytes");
+        assert_eq!(hint_prefix("abcdefghij", 0.25), "ab", "2.5 rounds to even, as Python's round does");
+        assert_eq!(hint_prefix("abcdefghijklmn", 0.25), "abcd", "3.5 rounds to 4");
         assert_eq!(with_hint("P", sol, 0.0), "P");
         assert_eq!(with_hint("P", sol, 0.5), format!("P{HINT_CONNECTOR}abcd"));
         assert!(HINT_CONNECTOR.starts_with("\n The following"));

@@ -73,7 +73,9 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Qwen2, ModelError>
     let mut seen = BTreeSet::new();
     for file in weight_files(dir)? {
         let tch_err = |source| ModelError::Tch { path: file.display().to_string(), source };
-        let tensors = Tensor::read_safetensors(&file).map_err(tch_err)?;
+        let mut tensors = Tensor::read_safetensors(&file).map_err(tch_err)?;
+        // By name, so the first problem reported is the same on every run.
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, t) in tensors {
             // Old checkpoints store rotary tables; a tied head is the embedding.
             if name.ends_with("rotary_emb.inv_freq") || (model.cfg.tie_word_embeddings && name == "lm_head.weight") {
