@@ -7,6 +7,11 @@ transformers' own Qwen2 (eager attention).
   logits <model dir> <ids/mask file> <out file>
       loads a model folder written by anyone (kiln's writer included) with
       from_pretrained and writes the logits of the batch in <ids/mask file>.
+  greedy <model dir> <ids/mask file> <new tokens> <out file>
+      greedy generate() from the left-padded batch; writes the new tokens.
+  grpo-loss <inputs file> <out file>
+      the GRPO loss written out plainly in PyTorch, for each aggregation mode,
+      from logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta.
 """
 import sys
 
@@ -57,6 +62,53 @@ def make(out, tied, sharded):
     save_file({"ids": ids, "mask": mask, "logits": logits(model, ids, mask).contiguous()}, f"{out}/expected.safetensors")
 
 
+def greedy(model_dir, batch_file, n, out):
+    model = Qwen2ForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    b = load_file(batch_file)
+    with torch.no_grad():
+        seq = model.generate(
+            input_ids=b["ids"],
+            attention_mask=b["mask"],
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    save_file({"tokens": seq[:, b["ids"].shape[1]:].contiguous()}, out)
+
+
+def grpo_loss(inputs, out):
+    x = load_file(inputs)
+    logp, old, ref, adv, mask = x["logp"], x["old_logp"], x["ref_logp"], x["advantages"], x["mask"]
+    eps_low, eps_high, beta = (float(v) for v in x["params"])
+    losses = {}
+    for mode in ["token_mean", "seq_mean_token_mean", "dr_grpo"]:
+        total = 0.0
+        for i in range(logp.shape[0]):
+            row = []
+            for t in range(logp.shape[1]):
+                if mask[i, t] == 0:
+                    continue
+                ratio = torch.exp(logp[i, t] - old[i, t])
+                clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+                term = -torch.min(ratio * adv[i], clipped * adv[i])
+                d = ref[i, t] - logp[i, t]
+                term = term + beta * (torch.exp(d) - d - 1)
+                row.append(term)
+            if mode == "seq_mean_token_mean":
+                total += sum(row) / max(len(row), 1)
+            else:
+                total += sum(row)
+        if mode == "token_mean":
+            losses[mode] = total / mask.sum()
+        elif mode == "seq_mean_token_mean":
+            losses[mode] = total / logp.shape[0]
+        else:
+            losses[mode] = total / (logp.shape[0] * logp.shape[1])
+    save_file({k: torch.tensor([float(v)], dtype=torch.float64) for k, v in losses.items()}, out)
+
+
 def main():
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3] == "tied", sys.argv[4] == "sharded")
@@ -64,6 +116,10 @@ def main():
         model = Qwen2ForCausalLM.from_pretrained(sys.argv[2], attn_implementation="eager", dtype=torch.float32).eval()
         b = load_file(sys.argv[3])
         save_file({"logits": logits(model, b["ids"], b["mask"]).contiguous()}, sys.argv[4])
+    elif sys.argv[1] == "greedy":
+        greedy(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif sys.argv[1] == "grpo-loss":
+        grpo_loss(sys.argv[2], sys.argv[3])
     else:
         sys.exit(f"unknown mode {sys.argv[1]}")
 
