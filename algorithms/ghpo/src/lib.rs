@@ -10,13 +10,15 @@
 //! (`tokenizer.json` files, training a byte-level BPE, prompt templates and
 //! GHPO's hints) — and [`grpo`], the objective (group advantages, completion
 //! log-probabilities, the clipped loss with KL and its aggregation modes, the
-//! difficulty test) — and [`ghpo`], the adaptive hint schedule of one step.
+//! difficulty test) — [`ghpo`], the adaptive hint schedule of one step — and
+//! [`data`] (JSONL problem sets, a leveled arithmetic generator).
 //! The trainers that tie them to the runtime come next (issue 4).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints: it implements `kiln_worker::Algorithm` and the training
 //! loop does the rest.
 
+pub mod data;
 pub mod generate;
 pub mod ghpo;
 pub mod grpo;

@@ -203,5 +203,11 @@ fn reference_solutions_of_math500_and_gsm8k_verify_against_their_answers() {
         }
     }
     assert!(misses.len() * 100 <= n, "{} of {n} reference solutions fail:\n{}", misses.len(), misses.join("\n"));
+    // The loaders read the same files.
+    use kiln_ghpo::data::{load_jsonl, JsonlFields};
+    let gsm = load_jsonl(&root.join("math/gsm8k_test.jsonl"), &JsonlFields::gsm8k()).unwrap();
+    let math = load_jsonl(&root.join("math/math500_test.jsonl"), &JsonlFields::math()).unwrap();
+    assert_eq!((gsm.len(), math.len()), (1319, 500));
+    assert!(gsm.iter().all(|p| !p.answer.is_empty()) && math.iter().all(|p| !p.problem.is_empty()));
     eprintln!("{} of {n} reference solutions fail to verify:\n{}", misses.len(), misses.join("\n"));
 }
