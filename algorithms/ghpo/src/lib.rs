@@ -12,7 +12,8 @@
 //! log-probabilities, the clipped loss with KL and its aggregation modes, the
 //! difficulty test) — [`ghpo`], the adaptive hint schedule of one step — and
 //! [`data`] (JSONL problem sets, a leveled arithmetic generator).
-//! The trainers that tie them to the runtime come next (issue 4).
+//! [`trainer`] holds the kiln algorithms: `ghpo.sft` (supervised warm-up from
+//! scratch) so far; the GRPO and GHPO trainers come next (issue 4).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints: it implements `kiln_worker::Algorithm` and the training
@@ -25,3 +26,6 @@ pub mod grpo;
 pub mod model;
 pub mod reward;
 pub mod tokenizer;
+pub mod trainer;
+
+pub use trainer::ENTRIES;
