@@ -84,3 +84,97 @@ fn sft_runs_the_same_on_one_and_two_ranks_and_resumes_exactly() {
     let d = max_diff(&params(dir.path(), "killed", 20), &params(dir.path(), "two", 20));
     assert!(d <= 1e-6, "the resumed run differs by {d}");
 }
+
+/// A GRPO/GHPO spec starting from `init`, checkpoints every `every` steps.
+fn rl(dir: &Path, name: &str, algo: &str, init: &Path, steps: u64, every: u64) -> std::path::PathBuf {
+    let text = format!(
+        r#"name = "{name}"
+
+[checkpoint]
+store = "{store}"
+every = {every}
+keep = 5
+
+[train]
+steps = {steps}
+seed = 3
+global_batch = 32
+log_every = 1
+eval_every = 0
+
+[train.optimizer]
+kind = "adamw"
+lr = 0.0005
+
+[algorithm]
+name = "{algo}"
+init = "{init}"
+train_levels = [1, 2, 3]
+eval_levels = [1]
+eval_problems = 8
+group_size = 8
+max_new_tokens = 32
+"#,
+        store = dir.join("store").display(),
+        init = init.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train_rows(dir: &Path, name: &str) -> Vec<serde_json::Value> {
+    let metrics = std::fs::read_to_string(dir.join("runs").join(name).join("metrics.jsonl")).unwrap();
+    metrics.lines().filter(|l| l.contains("\"train\"")).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn grpo_and_ghpo_train_from_the_warm_up_on_two_ranks_log_their_diagnostics_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let warm = sft(dir.path(), "warm", 40, 40, "");
+    assert!(kiln_run(dir.path(), &warm, 1, &[]).status.success());
+    let init = dir.path().join("store/warm/ckpt/step-0000000040/model.safetensors");
+    assert!(init.exists());
+
+    let ghpo = rl(dir.path(), "ghpo", "ghpo.ghpo", &init, 6, 2);
+    let out = kiln_run(dir.path(), &ghpo, 2, &[]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    for row in train_rows(dir.path(), "ghpo") {
+        let shares: f64 = ["hinted_00", "hinted_25", "hinted_50", "hinted_75"].iter().map(|k| row[k].as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "hint shares sum to 1: {row}");
+        for k in ["accuracy", "zero_adv_groups", "response_len"] {
+            assert!(row[k].as_f64().is_some(), "{k} missing: {row}");
+        }
+    }
+    let grpo = rl(dir.path(), "grpo", "ghpo.grpo", &init, 2, 0);
+    assert!(kiln_run(dir.path(), &grpo, 2, &[]).status.success());
+    assert!(train_rows(dir.path(), "grpo").iter().all(|r| r.get("hinted_00").is_none()), "GRPO gives no hints");
+
+    // Rollouts are a pure function of (seed, step, rank): a killed and resumed
+    // run ends where the uninterrupted one does.
+    let killed = rl(dir.path(), "ghpo-killed", "ghpo.ghpo", &init, 6, 2);
+    let mut c = kiln();
+    c.current_dir(dir.path()).arg("run").arg(&killed).args(["--ranks", "2"]).env("KILN_FAULT", "kill-rank:1:after-step:3");
+    assert!(!run(&mut c).status.success());
+    let out = kiln_run(dir.path(), &killed, 2, &["--resume"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let d = max_diff(&params(dir.path(), "ghpo-killed", 6), &params(dir.path(), "ghpo", 6));
+    assert!(d <= 1e-6, "the resumed GHPO run differs by {d}");
+}
+
+#[test]
+fn rl_jobs_refuse_bad_settings_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("none.safetensors");
+    let spec = rl(dir.path(), "bad", "ghpo.grpo", &init, 2, 0);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("group_size = 8", "group_size = 12")).unwrap();
+    let out = kiln_run(dir.path(), &spec, 1, &[]);
+    assert!(!out.status.success() && common::text(&out).contains("whole number of groups of 12"), "{}", common::text(&out));
+    std::fs::write(&spec, text.clone()).unwrap();
+    let out = kiln_run(dir.path(), &spec, 1, &[]);
+    assert!(!out.status.success() && common::text(&out).contains("none.safetensors"), "{}", common::text(&out));
+    std::fs::write(&spec, text.replace("group_size = 8", "group_size = 8\nloss = \"mean\"")).unwrap();
+    let out = kiln_run(dir.path(), &spec, 1, &[]);
+    assert!(!out.status.success() && common::text(&out).contains("algorithm.loss"), "{}", common::text(&out));
+}

@@ -170,6 +170,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
 
     let mut window_loss = 0.0f64;
     let mut window_micro = 0usize;
+    // The algorithm's own scalars (accuracy, hint shares, …): summed over the
+    // window's micro-steps, averaged over micro-steps and ranks when logged.
+    let mut window_scalars: BTreeMap<String, f64> = BTreeMap::new();
     let mut window_start = Instant::now();
     let mut window_steps = 0u64;
     let mut last_eval = BTreeMap::new();
@@ -199,6 +202,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
             let out = algo.train_step(&ctx_at(step, micro))?;
             window_loss += out.loss;
             window_micro += 1;
+            for (k, v) in out.scalars {
+                *window_scalars.entry(k).or_insert(0.0) += v;
+            }
         }
         // Accumulated micro-batch gradients are sums of means: make them one mean.
         if micro_steps > 1 {
@@ -223,7 +229,11 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
 
         if done % spec.train.log_every == 0 || done == total {
-            let mut t = Tensor::from_slice(&[window_loss, window_micro as f64]);
+            // Every rank runs the same algorithm, so the keys agree; the sums ride
+            // along in the same reduction as the loss.
+            let mut sums = vec![window_loss, window_micro as f64];
+            sums.extend(window_scalars.values().copied());
+            let mut t = Tensor::from_slice(&sums);
             comm.all_reduce(&mut t, ReduceOp::Sum)?;
             let v = Vec::<f64>::try_from(&t)?;
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
@@ -235,6 +245,10 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
             if spec.train.clip_grad_norm.is_some() {
                 s.insert("grad_norm".into(), grad_norm);
             }
+            for (i, k) in window_scalars.keys().enumerate() {
+                s.insert(k.clone(), v[2 + i] / v[1].max(1.0));
+            }
+            window_scalars.clear();
             if let Some(h) = heartbeat.as_ref().filter(|_| me == 0) {
                 h.metrics(json!(s));
             }

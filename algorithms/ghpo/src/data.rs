@@ -100,7 +100,8 @@ const THINGS: [&str; 6] = ["apples", "books", "coins", "marbles", "stamps", "she
 
 impl Arithmetic {
     pub fn problem(&self, level: u8, index: u64) -> Problem {
-        let mut state = mix(self.seed ^ (u64::from(level) << 56) ^ index);
+        // Chained, not XORed together: seed s must not be a relabelling of seed s ^ 1.
+        let mut state = mix(mix(mix(self.seed) ^ u64::from(level)) ^ index);
         let mut next = |lo: i64, hi: i64| {
             state = mix(state);
             lo + (state % (hi - lo + 1) as u64) as i64
@@ -166,6 +167,9 @@ mod tests {
         }
         assert_ne!(g.problem(1, 0), g.problem(1, 1));
         assert_ne!(g.problem(1, 0), Arithmetic { seed: 4 }.problem(1, 0));
+        // Another seed is another set, not the same problems at other indices.
+        let set = |seed| (0..64).map(|i| Arithmetic { seed }.problem(1, i).problem).collect::<std::collections::BTreeSet<_>>();
+        assert!(set(0).intersection(&set(1)).count() < 32);
         // Harder levels take more steps.
         let steps = |l| g.problem(l, 0).solution.lines().filter(|s| s.contains('=')).count();
         assert!(steps(1) < steps(4) && steps(4) < steps(5));

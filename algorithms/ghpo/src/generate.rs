@@ -62,12 +62,17 @@ pub fn left_pad(prompts: &[Vec<i64>], pad: i64) -> (Tensor, Tensor) {
     (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape))
 }
 
-/// SplitMix64 of a (seed, row, step) counter, as a uniform number in [0, 1).
-fn uniform(seed: u64, row: u64, step: u64) -> f64 {
-    let mut z = seed ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03);
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    z ^ (z >> 31)
+}
+
+/// A uniform number in [0, 1) from the (seed, row, step) counter, each part
+/// mixed in turn so no two counters collide in any simple way.
+fn uniform(seed: u64, row: u64, step: u64) -> f64 {
+    let z = splitmix(splitmix(splitmix(seed) ^ row) ^ step);
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
