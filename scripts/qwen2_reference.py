@@ -9,6 +9,8 @@ transformers' own Qwen2 (eager attention).
       from_pretrained and writes the logits of the batch in <ids/mask file>.
   greedy <model dir> <ids/mask file> <new tokens> <out file>
       greedy generate() from the left-padded batch; writes the new tokens.
+  bench <model dir> <batch> <prompt len> <new tokens> <repeats>
+      times greedy generate() (KV cache) on random prompts; prints tokens/s.
   grpo-loss <inputs file> <out file>
       the GRPO loss written out plainly in PyTorch, for each aggregation mode,
       from logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta.
@@ -109,6 +111,23 @@ def grpo_loss(inputs, out):
     save_file({k: torch.tensor([float(v)], dtype=torch.float64) for k, v in losses.items()}, out)
 
 
+def bench(model_dir, batch, prompt_len, new, repeats):
+    import time
+
+    torch.set_num_threads(torch.get_num_threads())
+    model = Qwen2ForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, model.config.vocab_size, (batch, prompt_len), generator=g)
+    mask = torch.ones_like(ids)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, eos_token_id=None)
+            best = min(best, time.perf_counter() - t0)
+    print(f"transformers {__import__('transformers').__version__} generate: {batch * new / best:.0f} tokens/s ({best:.3f} s for {batch}x{new} new tokens, best of {repeats}, {torch.get_num_threads()} threads)")
+
+
 def main():
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3] == "tied", sys.argv[4] == "sharded")
@@ -118,6 +137,8 @@ def main():
         save_file({"logits": logits(model, b["ids"], b["mask"]).contiguous()}, sys.argv[4])
     elif sys.argv[1] == "greedy":
         greedy(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif sys.argv[1] == "bench":
+        bench(sys.argv[2], *(int(a) for a in sys.argv[3:7]))
     elif sys.argv[1] == "grpo-loss":
         grpo_loss(sys.argv[2], sys.argv[3])
     else:

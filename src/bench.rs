@@ -46,6 +46,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Rollout throughput: kiln's batched generation (KV cache) on a random
+    /// Qwen2 against `transformers` `generate()` on the same model folder,
+    /// batch and lengths (greedy; needs the project's .venv).
+    Generate {
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        prompt: usize,
+        #[arg(long, default_value_t = 64)]
+        new: usize,
+        #[arg(long, default_value_t = 256)]
+        hidden: i64,
+        #[arg(long, default_value_t = 4)]
+        layers: i64,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// Coordinator submission load: N jobs from C concurrent clients over
     /// loopback (a held coordinator of its own unless --coordinator is given),
     /// jobs/s and latency percentiles; optionally `sbatch` submissions, the call
@@ -106,6 +123,7 @@ pub fn bench(cmd: BenchCommand) -> Result<i32> {
         BenchCommand::AllreduceRank { min, max, iters } => allreduce_rank(min, max, iters),
         BenchCommand::Checkpoint { store, mb, repeats } => checkpoint(&store, mb, repeats),
         BenchCommand::Submit { jobs, clients, coordinator, sbatch } => submit_load(jobs, clients, coordinator, sbatch),
+        BenchCommand::Generate { batch, prompt, new, hidden, layers, repeats } => generate_bench(batch, prompt, new, hidden, layers, repeats),
     }
 }
 
@@ -391,4 +409,48 @@ fn submit_load(jobs: usize, clients: usize, coordinator: Option<String>, sbatch:
         report_latencies("sbatch --hold, 1 client (sequential)", lat, wall);
     }
     Ok(0)
+}
+
+fn generate_bench(batch: usize, prompt: usize, new: usize, hidden: i64, layers: i64, repeats: usize) -> Result<i32> {
+    use kiln_ghpo::generate::{generate, SamplingParams};
+    use kiln_ghpo::model::{io, Qwen2, Qwen2Config};
+    if batch == 0 || prompt == 0 || new == 0 || repeats == 0 || hidden % 64 != 0 || layers < 1 {
+        bail!("--batch, --prompt, --new, --repeats and --layers must be at least 1, and --hidden a multiple of 64");
+    }
+    let cfg: Qwen2Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 4096, "hidden_size": hidden, "intermediate_size": hidden * 3, "num_hidden_layers": layers,
+        "num_attention_heads": hidden / 32, "num_key_value_heads": (hidden / 64).max(1), "max_position_embeddings": 4096,
+        "tie_word_embeddings": true, "rope_theta": 10000.0
+    }))?;
+    tch::manual_seed(0);
+    let model = Qwen2::new(cfg, Device::Cpu, Kind::Float).map_err(|e| anyhow!(e))?;
+    let dir = std::env::temp_dir().join(format!("kiln-bench-generate-{}", std::process::id()));
+    io::save(&model, &dir, None)?;
+    let prompts: Vec<Vec<i64>> = (0..batch)
+        .map(|b| (0..prompt).map(|i| 1 + ((b * 7919 + i * 104729) % 4095) as i64).collect())
+        .collect();
+    let params = SamplingParams { temperature: 0.0, max_new_tokens: new, ..Default::default() };
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        let out = generate(&model, &prompts, 0, &params);
+        best = best.min(t0.elapsed().as_secs_f64());
+        debug_assert!(out.iter().all(|c| c.tokens.len() == new));
+    }
+    println!(
+        "model: Qwen2 hidden {hidden}, {layers} layers, vocab 4096, f32 on CPU ({} intra-op threads); batch {batch}, prompt {prompt}, {new} new tokens, greedy",
+        tch::get_num_threads()
+    );
+    println!("kiln generate: {:.0} tokens/s ({best:.3} s, best of {repeats})", (batch * new) as f64 / best);
+    let py = std::path::Path::new(".venv/bin/python");
+    let status = std::process::Command::new(py)
+        .args(["scripts/qwen2_reference.py", "bench"])
+        .arg(&dir)
+        .args([batch.to_string(), prompt.to_string(), new.to_string(), repeats.to_string()])
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+    match status {
+        Ok(s) if s.success() => Ok(0),
+        _ => bail!("the transformers side did not run (run from the repository root after scripts/setup.sh)"),
+    }
 }
