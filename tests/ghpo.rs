@@ -6,40 +6,24 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// An SFT spec whose checkpoints go to `dir/store`.
-fn sft(dir: &Path, name: &str, steps: u64, every: u64, extra: &str) -> std::path::PathBuf {
+/// Writes `dir/<name>.toml`: checkpoints to `dir/store`, 32 samples per step,
+/// no periodic evaluation; `train` and `algorithm` are the variable parts.
+fn write_job(dir: &Path, name: &str, steps: u64, every: u64, train: &str, algorithm: &str) -> std::path::PathBuf {
     let text = format!(
-        r#"name = "{name}"
-
-[checkpoint]
-store = "{store}"
-every = {every}
-keep = 5
-
-[train]
-steps = {steps}
-seed = 1
-global_batch = 32
-log_every = 10
-eval_every = 0
-
-[train.optimizer]
-kind = "sgd"
-lr = 0.05
-momentum = 0.9
-
-[algorithm]
-name = "ghpo.sft"
-train_levels = [1]
-eval_levels = [1, 3]
-eval_problems = 32
-{extra}
-"#,
+        "name = \"{name}\"\n\n[checkpoint]\nstore = \"{store}\"\nevery = {every}\nkeep = 5\n\n\
+         [train]\nsteps = {steps}\nglobal_batch = 32\neval_every = 0\n{train}\n\n[algorithm]\n{algorithm}\n",
         store = dir.join("store").display()
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// An SFT spec.
+fn sft(dir: &Path, name: &str, steps: u64, every: u64, extra: &str) -> std::path::PathBuf {
+    let train = "seed = 1\nlog_every = 10\n\n[train.optimizer]\nkind = \"sgd\"\nlr = 0.05\nmomentum = 0.9";
+    let algorithm = format!("name = \"ghpo.sft\"\ntrain_levels = [1]\neval_levels = [1, 3]\neval_problems = 32\n{extra}");
+    write_job(dir, name, steps, every, train, &algorithm)
 }
 
 fn eval_of(dir: &Path, name: &str) -> serde_json::Value {
@@ -87,40 +71,12 @@ fn sft_runs_the_same_on_one_and_two_ranks_and_resumes_exactly() {
 
 /// A GRPO/GHPO spec starting from `init`, checkpoints every `every` steps.
 fn rl(dir: &Path, name: &str, algo: &str, init: &Path, steps: u64, every: u64) -> std::path::PathBuf {
-    let text = format!(
-        r#"name = "{name}"
-
-[checkpoint]
-store = "{store}"
-every = {every}
-keep = 5
-
-[train]
-steps = {steps}
-seed = 3
-global_batch = 32
-log_every = 1
-eval_every = 0
-
-[train.optimizer]
-kind = "adamw"
-lr = 0.0005
-
-[algorithm]
-name = "{algo}"
-init = "{init}"
-train_levels = [1, 2, 3]
-eval_levels = [1]
-eval_problems = 8
-group_size = 8
-max_new_tokens = 32
-"#,
-        store = dir.join("store").display(),
-        init = init.display()
+    let train = "seed = 3\nlog_every = 1\n\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.0005";
+    let algorithm = format!(
+        "name = \"{algo}\"\ninit = \"{}\"\ntrain_levels = [1, 2, 3]\neval_levels = [1]\neval_problems = 8\ngroup_size = 8\nmax_new_tokens = 32",
+        init.display()
     );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    write_job(dir, name, steps, every, train, &algorithm)
 }
 
 fn train_rows(dir: &Path, name: &str) -> Vec<serde_json::Value> {

@@ -16,14 +16,18 @@
 
 use crate::signals::StopFlag;
 
-fn faults() -> Vec<String> {
-    let Ok(spec) = std::env::var("KILN_FAULT") else { return vec![] };
-    if let Ok(only) = std::env::var("KILN_FAULT_ATTEMPT") {
-        if only.parse::<u32>().ok() != crate::heartbeat::attempt_from_env() {
-            return vec![];
+/// The faults for this process, read once: they are consulted every step.
+fn faults() -> &'static [String] {
+    static FAULTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FAULTS.get_or_init(|| {
+        let Ok(spec) = std::env::var("KILN_FAULT") else { return vec![] };
+        if let Ok(only) = std::env::var("KILN_FAULT_ATTEMPT") {
+            if only.parse::<u32>().ok() != crate::heartbeat::attempt_from_env() {
+                return vec![];
+            }
         }
-    }
-    spec.split(',').map(str::to_string).collect()
+        spec.split(',').map(str::to_string).collect()
+    })
 }
 
 /// Delays `rank` inside its step when it is scheduled to straggle.

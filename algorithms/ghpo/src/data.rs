@@ -76,8 +76,8 @@ pub fn load_jsonl(path: &Path, fields: &JsonlFields) -> Result<Vec<Problem>, Dat
     Ok(out)
 }
 
-/// SplitMix64 step.
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64 step (also seeds generation's random numbers).
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -101,9 +101,9 @@ const THINGS: [&str; 6] = ["apples", "books", "coins", "marbles", "stamps", "she
 impl Arithmetic {
     pub fn problem(&self, level: u8, index: u64) -> Problem {
         // Chained, not XORed together: seed s must not be a relabelling of seed s ^ 1.
-        let mut state = mix(mix(mix(self.seed) ^ u64::from(level)) ^ index);
+        let mut state = splitmix(splitmix(splitmix(self.seed) ^ u64::from(level)) ^ index);
         let mut next = |lo: i64, hi: i64| {
-            state = mix(state);
+            state = splitmix(state);
             lo + (state % (hi - lo + 1) as u64) as i64
         };
         let who = NAMES[next(0, 5) as usize];

@@ -7,6 +7,7 @@
 //! same prompts in the same order give the same completions whatever else runs
 //! in the process. Rows that finish leave the batch (their cache rows dropped).
 
+use crate::data::splitmix;
 use crate::model::{positions_from_mask, KvCache, Qwen2};
 use tch::{Device, Kind, Tensor};
 
@@ -60,13 +61,6 @@ pub fn left_pad(prompts: &[Vec<i64>], pad: i64) -> (Tensor, Tensor) {
     }
     let shape = [prompts.len() as i64, len as i64];
     (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape))
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A uniform number in [0, 1) from the (seed, row, step) counter, each part

@@ -90,11 +90,7 @@ impl Default for SftConfig {
 impl SftConfig {
     fn from_value(v: &toml::Value) -> Result<SftConfig, ConfigError> {
         let c: SftConfig = parse_config(v)?;
-        for (key, levels) in [("train_levels", &c.train_levels), ("eval_levels", &c.eval_levels)] {
-            if levels.is_empty() || levels.iter().any(|l| !LEVELS.contains(l)) {
-                return Err(ConfigError::new(key, format!("must list levels between {} and {}", LEVELS.start(), LEVELS.end())));
-            }
-        }
+        check_levels(&c.train_levels, &c.eval_levels)?;
         if c.vocab_size < 300 || c.vocab_size > 65536 {
             return Err(ConfigError::new("vocab_size", "must be between 300 (bytes and special tokens) and 65536"));
         }
@@ -103,6 +99,16 @@ impl SftConfig {
         }
         Ok(c)
     }
+}
+
+/// Both level lists must be non-empty and within the generator's levels.
+fn check_levels(train: &[u8], eval: &[u8]) -> Result<(), ConfigError> {
+    for (key, levels) in [("train_levels", train), ("eval_levels", eval)] {
+        if levels.is_empty() || levels.iter().any(|l| !LEVELS.contains(l)) {
+            return Err(ConfigError::new(key, format!("must list levels between {} and {}", LEVELS.start(), LEVELS.end())));
+        }
+    }
+    Ok(())
 }
 
 fn validate(v: &toml::Value) -> Result<(), ConfigError> {
@@ -167,23 +173,7 @@ impl Setup {
     /// Copies parameters from a safetensors file (a kiln checkpoint's
     /// `model.safetensors`, or a Hugging Face model file) by name.
     pub fn init_from(&mut self, path: &std::path::Path) -> Result<(), String> {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let vars = self.model.vs.variables();
-        let mut seen = 0;
-        for (name, t) in tensors {
-            let Some(v) = vars.get(&name) else {
-                return Err(format!("{}: {name} is not a parameter of this model", path.display()));
-            };
-            if v.size() != t.size() {
-                return Err(format!("{}: {name} has shape {:?}, this model's is {:?} (same model and vocab_size as the warm-up?)", path.display(), t.size(), v.size()));
-            }
-            tch::no_grad(|| v.shallow_clone().copy_(&t));
-            seen += 1;
-        }
-        if seen != vars.len() {
-            return Err(format!("{}: holds {seen} of the model's {} parameters", path.display(), vars.len()));
-        }
-        Ok(())
+        crate::model::io::load_weights(&self.model, &[path.to_path_buf()], path).map_err(|e| e.to_string())
     }
 
     /// Greedy accuracy per level and the format rate on held-out problems,
@@ -269,15 +259,13 @@ impl Algorithm for SftTrainer {
         // The loss is a mean over every target token of the global step (not of
         // this rank's share), so N ranks compute what one rank would. Data is a
         // pure function of the sample index, so each rank can count them all.
-        let mut global_targets = 0usize;
-        for k in step_start..step_start + self.global_batch as u64 {
-            let (ids, prompt_len) = sample(k)?;
-            global_targets += ids.len() - prompt_len;
-        }
-        let rows = (start..start + per as u64).map(sample).collect::<Result<Vec<_>, _>>()?;
+        let all = (step_start..step_start + self.global_batch as u64).map(sample).collect::<Result<Vec<_>, _>>()?;
+        let global_targets: usize = all.iter().map(|(ids, prompt_len)| ids.len() - prompt_len).sum();
+        let first = (start - step_start) as usize;
+        let rows = &all[first..first + per];
         let len = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
         let (mut ids, mut mask, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-        for (row, prompt_len) in &rows {
+        for (row, prompt_len) in rows {
             for t in 0..len {
                 ids.push(row.get(t).copied().unwrap_or(self.s.eos));
                 mask.push(i64::from(t < row.len()));
@@ -367,11 +355,7 @@ impl Default for RlConfig {
 impl RlConfig {
     fn from_value(v: &toml::Value) -> Result<RlConfig, ConfigError> {
         let c: RlConfig = parse_config(v)?;
-        for (key, levels) in [("train_levels", &c.train_levels), ("eval_levels", &c.eval_levels)] {
-            if levels.is_empty() || levels.iter().any(|l| !LEVELS.contains(l)) {
-                return Err(ConfigError::new(key, format!("must list levels between {} and {}", LEVELS.start(), LEVELS.end())));
-            }
-        }
+        check_levels(&c.train_levels, &c.eval_levels)?;
         if c.group_size < 2 {
             return Err(ConfigError::new("group_size", "must be at least 2 (advantages compare completions of one prompt)"));
         }

@@ -69,11 +69,19 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Qwen2, ModelError> {
     let cfg = read_config(dir)?;
     let model = Qwen2::new(cfg, device, kind).map_err(|m| format(dir, m))?;
+    load_weights(&model, &weight_files(dir)?, dir)?;
+    Ok(model)
+}
+
+/// Copies every parameter of `model` from safetensors `files`, by name: a tensor
+/// that is not a parameter, a shape that differs, or a parameter no file holds
+/// is an error (`what` names the source in the missing-parameters message).
+pub fn load_weights(model: &Qwen2, files: &[PathBuf], what: &Path) -> Result<(), ModelError> {
     let vars = model.vs.variables();
     let mut seen = BTreeSet::new();
-    for file in weight_files(dir)? {
+    for file in files {
         let tch_err = |source| ModelError::Tch { path: file.display().to_string(), source };
-        let mut tensors = Tensor::read_safetensors(&file).map_err(tch_err)?;
+        let mut tensors = Tensor::read_safetensors(file).map_err(tch_err)?;
         // By name, so the first problem reported is the same on every run.
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, t) in tensors {
@@ -96,9 +104,9 @@ pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Qwen2, ModelError>
         let mut examples: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         examples.sort();
         examples.truncate(3);
-        return Err(ModelError::Missing { path: dir.display().to_string(), count: missing.len(), examples: examples.join(", ") });
+        return Err(ModelError::Missing { path: what.display().to_string(), count: missing.len(), examples: examples.join(", ") });
     }
-    Ok(model)
+    Ok(())
 }
 
 /// Writes `config.json` and the weights; in shards of at most `max_shard_bytes`

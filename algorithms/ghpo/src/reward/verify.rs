@@ -68,20 +68,8 @@ fn last_boxed(text: &str) -> Option<String> {
     let rest = &text[start.0 + start.1..];
     let trimmed = rest.trim_start();
     if let Some(inner) = trimmed.strip_prefix('{') {
-        let mut depth = 1usize;
-        for (i, c) in inner.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(inner[..i].to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-        return None; // unbalanced: no answer rather than a wrong one
+        // Unbalanced: no answer rather than a wrong one.
+        return closing_brace(inner).map(|i| inner[..i].to_string());
     }
     if rest.starts_with(' ') {
         let word: String = trimmed.chars().take_while(|c| !c.is_whitespace() && *c != '$').collect();
@@ -100,6 +88,25 @@ fn first_number(s: &str) -> Option<String> {
     Some(num.to_string()).filter(|n| n.chars().any(|c| c.is_ascii_digit()))
 }
 
+/// The byte offset of the `}` that closes a group whose `{` was just before
+/// `inner` (nested braces counted), if it is closed.
+fn closing_brace(inner: &str) -> Option<usize> {
+    let mut depth = 1usize;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Removes `cmd{…}` wrappers, keeping their content (`\text{cm}` → `cm`).
 fn unwrap_command(s: &str, cmd: &str) -> String {
     let mut out = s.to_string();
@@ -109,22 +116,7 @@ fn unwrap_command(s: &str, cmd: &str) -> String {
             out.replace_range(i..i + cmd.len(), "");
             continue;
         };
-        let mut depth = 1usize;
-        let mut end = None;
-        for (j, c) in inner.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(j);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        let Some(j) = end else { break };
+        let Some(j) = closing_brace(inner) else { break };
         let mut content = inner[..j].to_string();
         // A unit after a number (`10\text{ cm}`, `5\mathrm{kg}`) is dropped: the
         // answer is the number.
