@@ -11,6 +11,10 @@ transformers' own Qwen2 (eager attention).
       greedy generate() from the left-padded batch; writes the new tokens.
   bench <model dir> <batch> <prompt len> <new tokens> <repeats>
       times greedy generate() (KV cache) on random prompts; prints tokens/s.
+  folder-greedy <model dir> <text> <new tokens>
+      loads a whole folder as a user would (weights with from_pretrained,
+      tokenizer.json with PreTrainedTokenizerFast), greedy-generates from
+      the encoded text and prints {"prompt": ids, "new": ids} as JSON.
   grpo-loss <inputs file> <out file>
       the GRPO loss written out plainly in PyTorch, for each aggregation mode,
       from logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta.
@@ -128,6 +132,21 @@ def bench(model_dir, batch, prompt_len, new, repeats):
     print(f"transformers {__import__('transformers').__version__} generate: {batch * new / best:.0f} tokens/s ({best:.3f} s for {batch}x{new} new tokens, best of {repeats}, {torch.get_num_threads()} threads)")
 
 
+def folder_greedy(model_dir, text, n):
+    import json
+    import os
+
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
+    model = Qwen2ForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    x = torch.tensor([ids], dtype=torch.long)
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    print(json.dumps({"prompt": ids, "new": out[0, len(ids):].tolist()}))
+
+
 def main():
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3] == "tied", sys.argv[4] == "sharded")
@@ -139,6 +158,8 @@ def main():
         greedy(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     elif sys.argv[1] == "bench":
         bench(sys.argv[2], *(int(a) for a in sys.argv[3:7]))
+    elif sys.argv[1] == "folder-greedy":
+        folder_greedy(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif sys.argv[1] == "grpo-loss":
         grpo_loss(sys.argv[2], sys.argv[3])
     else:

@@ -8,6 +8,7 @@
 
 mod bench;
 mod coord_cmd;
+mod export_cmd;
 mod registry;
 mod report;
 mod run;
@@ -48,6 +49,8 @@ enum Command {
     },
     /// List the algorithms this build can train.
     Algorithms,
+    /// Write a job's committed checkpoint in its algorithm's own format (e.g. a Hugging Face folder).
+    Export(export_cmd::ExportArgs),
     /// Benchmarks (not tests): all-reduce bandwidth, checkpoint throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -118,6 +121,7 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Export(a) => export_cmd::export(a),
         Command::Bench(b) => bench::bench(b),
         Command::Slurm(c) => slurm_cmd::slurm(c),
         Command::Coordinator(a) => coord_cmd::coordinator(a),

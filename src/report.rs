@@ -90,7 +90,14 @@ fn plot(path: &Path, title: &str, lines: &[(String, Vec<(f64, f64)>)]) -> Result
     Ok(())
 }
 
-/// Writes `loss.png`, `eval.png` (when there are evaluations) and `summary.md`.
+/// Training scalars that are shares per step (GRPO/GHPO diagnostics), plotted together.
+fn is_share(key: &str) -> bool {
+    key == "accuracy" || key == "zero_adv_groups" || key.starts_with("hinted_")
+}
+
+/// Writes `loss.png`, `eval.png` (when there are evaluations of AUC or
+/// accuracy), `diagnostics.png` (when the run logs shares per step) and
+/// `summary.md`.
 pub fn render(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let series = read_metrics(run_dir)?;
     let mut out = Vec::new();
@@ -100,11 +107,25 @@ pub fn render(run_dir: &Path) -> Result<Vec<PathBuf>> {
         out.push(p);
     }
     if let Some(eval) = series.get("eval") {
-        let lines: Vec<(String, Vec<(f64, f64)>)> =
+        let auc: Vec<(String, Vec<(f64, f64)>)> =
             eval.iter().filter(|(k, _)| k.contains("auc")).map(|(k, v)| (k.clone(), v.clone())).collect();
-        if !lines.is_empty() {
-            let p = run_dir.join("eval.png");
-            plot(&p, "held-out AUC (oracle = the generator's true probabilities)", &lines)?;
+        let accuracy: Vec<(String, Vec<(f64, f64)>)> =
+            eval.iter().filter(|(k, _)| k.starts_with("accuracy")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let p = run_dir.join("eval.png");
+        if !auc.is_empty() {
+            plot(&p, "held-out AUC (oracle = the generator's true probabilities)", &auc)?;
+            out.push(p);
+        } else if !accuracy.is_empty() {
+            plot(&p, "held-out greedy accuracy", &accuracy)?;
+            out.push(p);
+        }
+    }
+    if let Some(train) = series.get("train") {
+        let shares: Vec<(String, Vec<(f64, f64)>)> =
+            train.iter().filter(|(k, _)| is_share(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !shares.is_empty() {
+            let p = run_dir.join("diagnostics.png");
+            plot(&p, "training: accuracy and shares of groups per step", &shares)?;
             out.push(p);
         }
     }
@@ -147,7 +168,7 @@ fn summary_markdown(run_dir: &Path, series: &Series) -> String {
             }
         }
     }
-    s += "\nPlots: `loss.png`, `eval.png`. Raw data: `metrics.jsonl`.\n";
+    s += "\nPlots: `loss.png`, `eval.png`, `diagnostics.png` (where the run has them). Raw data: `metrics.jsonl`.\n";
     s
 }
 

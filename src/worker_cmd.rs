@@ -51,6 +51,7 @@ pub fn worker(args: WorkerArgs) -> Result<i32> {
         rank: rank.topology.rank,
         world_size: rank.comm.world_size(),
         micro_steps: spec.train.micro_steps,
+        steps: spec.train.steps,
     };
     let mut algo = (entry.build)(&spec.algorithm_config(), &ctx).context("building the algorithm")?;
     let resume = match (args.resume, args.auto_resume) {

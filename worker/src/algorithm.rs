@@ -55,4 +55,30 @@ pub trait Algorithm {
 
     /// Global samples per optimizer step, for throughput.
     fn global_batch(&self) -> usize;
+
+    /// State beyond the parameters that a resumed run needs to continue the
+    /// exact trajectory (e.g. the policy a batch of rollouts was sampled from,
+    /// reused over several updates). It must be the same on every rank: rank 0
+    /// saves it with each checkpoint, and every rank gets it back from
+    /// [`Algorithm::load_state`] before training resumes.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Takes back what [`Algorithm::state`] returned when the resumed
+    /// checkpoint was written (empty if it returned nothing).
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(WorkerError::algo(self.name(), "the checkpoint holds algorithm state this algorithm does not read"))
+        }
+    }
+
+    /// Writes the trained model in its ecosystem's own format to `dir` (for
+    /// `kiln export`), e.g. a Hugging Face model folder.
+    fn export(&self, dir: &std::path::Path) -> Result<(), WorkerError> {
+        let _ = dir;
+        Err(WorkerError::algo(self.name(), "this algorithm has no export format"))
+    }
 }

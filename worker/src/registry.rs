@@ -14,6 +14,9 @@ pub struct BuildContext {
     pub rank: usize,
     pub world_size: usize,
     pub micro_steps: usize,
+    /// `train.steps`: the length of the run (for schedules over it, such as a
+    /// curriculum).
+    pub steps: u64,
 }
 
 /// One registered trainer.

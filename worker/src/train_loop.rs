@@ -77,6 +77,9 @@ fn step_seed(seed: u64, step: u64, rank: usize) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
+/// The shard holding [`Algorithm::state`], present only when it is non-empty.
+const ALGORITHM_SHARD: &str = "algorithm.safetensors";
+
 struct Checkpointer<'a> {
     store: CheckpointStore,
     spec: &'a JobSpec,
@@ -91,7 +94,7 @@ impl Checkpointer<'_> {
     /// Rank 0 snapshots to host memory and uploads (in the background when the spec
     /// says so). At most one upload is in flight: the previous one is finished, and
     /// old checkpoints pruned, first.
-    fn save(&mut self, rank: usize, step: u64, params: &[(String, Tensor)], opt: &Optimizer, wait: bool) -> Result<(), WorkerError> {
+    fn save(&mut self, rank: usize, step: u64, params: &[(String, Tensor)], opt: &Optimizer, algo: &dyn Algorithm, wait: bool) -> Result<(), WorkerError> {
         if self.last_saved == Some(step) {
             return if wait { self.finish() } else { Ok(()) };
         }
@@ -102,7 +105,7 @@ impl Checkpointer<'_> {
         self.finish()?;
         let state = json!({ "step": step, "seed": self.spec.train.seed, "world_size": self.world, "samples_seen": step * self.spec.train.global_batch as u64 });
         let mut spare = std::mem::take(&mut self.spare).into_iter();
-        let shards = vec![
+        let mut shards = vec![
             Shard { name: "model.safetensors".into(), data: encode_tensors_into(params, spare.next().unwrap_or_default())? },
             Shard {
                 name: "optimizer.safetensors".into(),
@@ -110,6 +113,10 @@ impl Checkpointer<'_> {
             },
             Shard { name: "state.json".into(), data: state.to_string().into_bytes().into() },
         ];
+        let algo_state = algo.state();
+        if !algo_state.is_empty() {
+            shards.push(Shard { name: ALGORITHM_SHARD.into(), data: encode_tensors_into(&algo_state, Vec::new())? });
+        }
         let meta = SaveMeta { step, world_size: self.world, spec_hash: self.spec.hash() };
         if self.spec.checkpoint.async_upload && !wait {
             self.pending = Some(self.store.save_async(meta, shards));
@@ -155,7 +162,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect());
 
     // Resume point, agreed by all ranks.
-    let (start, corrupt) = resume_point(comm, &store, spec, cfg.resume, &named, &mut opt)?;
+    let (start, corrupt) = resume_point(comm, &store, spec, cfg.resume, &named, &mut opt, algo)?;
     // Once every rank has read its resume point, corrupt newer commits are set aside
     // (kept as COMMIT.corrupt) so this run can commit those steps again.
     comm.barrier()?;
@@ -264,14 +271,14 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
 
         if spec.checkpoint.every > 0 && done % spec.checkpoint.every == 0 && done < total {
-            ckpt.save(me, done, &named, &opt, false)?;
+            ckpt.save(me, done, &named, &opt, &*algo, false)?;
             metrics.event(json!({ "event": "checkpoint", "step": done }));
         }
 
         fault::after_step(me, done, stop);
         if comm.any(stop.raised())? && done < total {
             tracing::warn!(step = done, "stop requested: checkpointing and exiting");
-            ckpt.save(me, done, &named, &opt, true)?;
+            ckpt.save(me, done, &named, &opt, &*algo, true)?;
             if me == 0 {
                 publish_artifacts(&ckpt.store, cfg)?;
             }
@@ -286,7 +293,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         // once so the summary is complete.
         last_eval = evaluate(algo, &ctx_at(total.saturating_sub(1), 0), &mut metrics, total)?;
     }
-    ckpt.save(me, total, &named, &opt, true)?;
+    ckpt.save(me, total, &named, &opt, &*algo, true)?;
     comm.barrier()?;
     if me == 0 {
         write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s())?;
@@ -350,13 +357,30 @@ fn choose_start(
     Ok((Some((step, loaded.shards)), corrupt))
 }
 
-/// Loads a checkpoint's model and optimizer shards into this rank's tensors.
+/// Loads a checkpoint's model, optimizer and algorithm-state shards into this
+/// rank's tensors and algorithm.
 fn restore(
     step: u64,
     shards: &BTreeMap<String, Bytes>,
     named: &[(String, Tensor)],
     opt: &mut Optimizer,
+    algo: &mut dyn Algorithm,
 ) -> Result<(), WorkerError> {
+    let bad = |reason: String| WorkerError::BadCheckpoint { step, reason };
+    load_parameters(step, shards, named)?;
+    let optim = shards.get("optimizer.safetensors").ok_or_else(|| bad("no optimizer shard".into()))?;
+    opt.load_state(&decode_tensors(optim)?).map_err(bad)?;
+    let state = match shards.get(ALGORITHM_SHARD) {
+        Some(bytes) => decode_tensors(bytes)?,
+        None => Vec::new(),
+    };
+    algo.load_state(state)?;
+    tracing::info!(step, "resumed");
+    Ok(())
+}
+
+/// Copies a checkpoint's model shard into `named`, by name and shape.
+pub fn load_parameters(step: u64, shards: &BTreeMap<String, Bytes>, named: &[(String, Tensor)]) -> Result<(), WorkerError> {
     let bad = |reason: String| WorkerError::BadCheckpoint { step, reason };
     let model = shards.get("model.safetensors").ok_or_else(|| bad("no model shard".into()))?;
     let saved: BTreeMap<String, Tensor> = decode_tensors(model)?.into_iter().collect();
@@ -369,9 +393,6 @@ fn restore(
         let mut p = p.shallow_clone();
         p.f_copy_(&t.to_kind(p.kind()).to_device(p.device()))?;
     }
-    let optim = shards.get("optimizer.safetensors").ok_or_else(|| bad("no optimizer shard".into()))?;
-    opt.load_state(&decode_tensors(optim)?).map_err(bad)?;
-    tracing::info!(step, "resumed");
     Ok(())
 }
 
@@ -385,6 +406,7 @@ fn resume_point(
     mode: ResumeMode,
     named: &[(String, Tensor)],
     opt: &mut Optimizer,
+    algo: &mut dyn Algorithm,
 ) -> Result<(u64, Vec<u64>), WorkerError> {
     let me = comm.rank();
     let choice = if me == 0 { choose_start(store, spec, mode, comm.world_size()) } else { Ok((None, vec![])) };
@@ -397,8 +419,8 @@ fn resume_point(
     }
     let step = step as u64;
     let local = match chosen {
-        Some((_, shards)) => restore(step, &shards, named, opt),
-        None => store.load_step(step).map_err(WorkerError::from).and_then(|(_, shards)| restore(step, &shards, named, opt)),
+        Some((_, shards)) => restore(step, &shards, named, opt, algo),
+        None => store.load_step(step).map_err(WorkerError::from).and_then(|(_, shards)| restore(step, &shards, named, opt, algo)),
     };
     agree(comm, local)?;
     Ok((step, corrupt))

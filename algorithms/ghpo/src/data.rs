@@ -26,17 +26,20 @@ pub struct JsonlFields {
     /// The gold answer; `None` takes the solution's final answer (`\boxed{}`
     /// or GSM8K's `#### N`).
     pub answer: Option<String>,
+    /// A difficulty level (a number, or text such as "Level 3" whose digits
+    /// are read), for curricula and per-level accuracy; `None`: unknown.
+    pub level: Option<String>,
 }
 
 impl JsonlFields {
     /// GSM8K: `question`, and `answer` holding the worked solution ending in `#### N`.
     pub fn gsm8k() -> JsonlFields {
-        JsonlFields { problem: "question".into(), solution: "answer".into(), answer: None }
+        JsonlFields { problem: "question".into(), solution: "answer".into(), answer: None, level: None }
     }
 
-    /// MATH / MATH-500: `problem`, `solution`, `answer`.
+    /// MATH / MATH-500: `problem`, `solution`, `answer`, `level`.
     pub fn math() -> JsonlFields {
-        JsonlFields { problem: "problem".into(), solution: "solution".into(), answer: Some("answer".into()) }
+        JsonlFields { problem: "problem".into(), solution: "solution".into(), answer: Some("answer".into()), level: Some("level".into()) }
     }
 }
 
@@ -71,13 +74,21 @@ pub fn load_jsonl(path: &Path, fields: &JsonlFields) -> Result<Vec<Problem>, Dat
             None => extract_answer(&solution)
                 .ok_or_else(|| err(format!("field '{}' states no final answer (\\boxed{{}} or ####)", fields.solution)))?,
         };
-        out.push(Problem { problem, answer, solution });
+        let level = match &fields.level {
+            None => 0,
+            Some(name) => {
+                let text = field(name)?;
+                let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+                digits.parse::<u8>().ok().filter(|l| *l > 0).ok_or_else(|| err(format!("field '{name}' = {text:?} is not a level from 1 to 255")))?
+            }
+        };
+        out.push(Problem { problem, answer, solution, level });
     }
     Ok(out)
 }
 
 /// SplitMix64 step (also seeds generation's random numbers).
-pub(crate) fn splitmix(mut z: u64) -> u64 {
+pub fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -145,7 +156,7 @@ impl Arithmetic {
             }
         };
         let solution = format!("<think>\n{}\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>", steps.join("\n"));
-        Problem { problem, answer: answer.to_string(), solution }
+        Problem { problem, answer: answer.to_string(), solution, level }
     }
 }
 
@@ -187,6 +198,7 @@ mod tests {
         let ps = load_jsonl(&f, &JsonlFields::gsm8k()).unwrap();
         assert_eq!(ps.len(), 2);
         assert_eq!((ps[0].answer.as_str(), ps[1].answer.as_str()), ("2", "5"));
+        assert_eq!(ps[0].level, 0, "GSM8K has no levels");
         let e = load_jsonl(&f, &JsonlFields::math()).unwrap_err().to_string();
         assert!(e.contains("p.jsonl:1:") && e.contains("no field 'problem'") && e.contains("question"), "{e}");
         std::fs::write(&f, "{\"question\": \"q\", \"answer\": \"#### 1\"}\n{oops\n").unwrap();
@@ -195,6 +207,11 @@ mod tests {
         std::fs::write(&f, "{\"question\": \"q\", \"answer\": \"no final answer\"}\n").unwrap();
         let e = load_jsonl(&f, &JsonlFields::gsm8k()).unwrap_err().to_string();
         assert!(e.contains(":1:") && e.contains("no final answer"), "{e}");
+        std::fs::write(&f, "{\"problem\": \"q\", \"solution\": \"s\", \"answer\": \"1\", \"level\": \"Level 4\"}\n{\"problem\": \"q\", \"solution\": \"s\", \"answer\": \"1\", \"level\": \"hard\"}\n").unwrap();
+        let e = load_jsonl(&f, &JsonlFields::math()).unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("'level'"), "{e}");
+        std::fs::write(&f, "{\"problem\": \"q\", \"solution\": \"s\", \"answer\": \"1\", \"level\": \"Level 4\"}\n").unwrap();
+        assert_eq!(load_jsonl(&f, &JsonlFields::math()).unwrap()[0].level, 4);
         assert!(load_jsonl(&dir.path().join("missing.jsonl"), &JsonlFields::gsm8k()).unwrap_err().to_string().contains("missing.jsonl"));
     }
 }

@@ -25,11 +25,15 @@ pub struct SamplingParams {
     /// (the stop strings of a prompt template, tokenized).
     pub stop_sequences: Vec<Vec<i64>>,
     pub seed: u64,
+    /// Per prompt, the key its random numbers are drawn under (default: its
+    /// index). A trainer passes each completion's slot in the global batch,
+    /// so a completion does not depend on which rank samples it.
+    pub row_keys: Vec<u64>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, max_new_tokens: 64, eos_ids: vec![], stop_sequences: vec![], seed: 0 }
+        SamplingParams { temperature: 1.0, top_p: 1.0, max_new_tokens: 64, eos_ids: vec![], stop_sequences: vec![], seed: 0, row_keys: vec![] }
     }
 }
 
@@ -114,7 +118,7 @@ pub fn generate(model: &Qwen2, prompts: &[Vec<i64>], pad: i64, params: &Sampling
     // Rows still generating, as indices into `prompts`.
     let mut active: Vec<usize> = (0..n).collect();
     for step in 0..params.max_new_tokens {
-        let u: Vec<f64> = active.iter().map(|&r| uniform(params.seed, r as u64, step as u64)).collect();
+        let u: Vec<f64> = active.iter().map(|&r| uniform(params.seed, params.row_keys.get(r).copied().unwrap_or(r as u64), step as u64)).collect();
         let (tokens, lps) = sample(&last, params.temperature, params.top_p, &u);
         let tokens = Vec::<i64>::try_from(&tokens.to_device(Device::Cpu)).unwrap_or_default();
         let lps = Vec::<f64>::try_from(&lps.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default();

@@ -13,7 +13,7 @@
 //! difficulty test) — [`ghpo`], the adaptive hint schedule of one step — and
 //! [`data`] (JSONL problem sets, a leveled arithmetic generator).
 //! [`trainer`] holds the kiln algorithms: `ghpo.sft` (supervised warm-up from
-//! scratch) so far; the GRPO and GHPO trainers come next (issue 4).
+//! scratch), `ghpo.grpo` and `ghpo.ghpo`.
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints: it implements `kiln_worker::Algorithm` and the training
