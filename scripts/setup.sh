@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.13.0
 S3S_FS_VERSION=0.14.1
 TRANSFORMERS_VERSION=5.24.0
+SKLEARN_VERSION=1.7.2
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -38,6 +39,11 @@ if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__vers
   say "installing transformers==$TRANSFORMERS_VERSION into .venv (test reference for the Qwen2 model)"
   .venv/bin/pip install --quiet --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION"
 fi
+# The reference the GRN metrics (AUROC, BEELINE's trapezoid AUPRC) are tested against.
+if ! .venv/bin/python -c "import sklearn, sys; sys.exit(sklearn.__version__ != '$SKLEARN_VERSION')" 2>/dev/null; then
+  say "installing scikit-learn==$SKLEARN_VERSION into .venv (test reference for the GRN metrics)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "scikit-learn==$SKLEARN_VERSION"
+fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" .venv/libtorch
 
@@ -45,4 +51,4 @@ if [ ! -x .tools/bin/s3s-fs ]; then
   say "building the s3s-fs S3 server $S3S_FS_VERSION into .tools/ (once)"
   cargo install --quiet --locked --root .tools "s3s-fs@$S3S_FS_VERSION" --features binary
 fi
-say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, transformers $TRANSFORMERS_VERSION, s3s-fs $S3S_FS_VERSION"
+say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, transformers $TRANSFORMERS_VERSION, scikit-learn $SKLEARN_VERSION, s3s-fs $S3S_FS_VERSION"

@@ -9,6 +9,7 @@
 mod bench;
 mod coord_cmd;
 mod export_cmd;
+mod grn_cmd;
 mod registry;
 mod report;
 mod run;
@@ -54,6 +55,9 @@ enum Command {
     /// Benchmarks (not tests): all-reduce bandwidth, checkpoint throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Gene regulatory networks: evaluate a ranked edge list (BEELINE's metrics), compute baselines.
+    #[command(subcommand)]
+    Grn(grn_cmd::GrnCommand),
     /// SLURM without a coordinator: render or submit a job's sbatch script.
     #[command(subcommand)]
     Slurm(slurm_cmd::SlurmCommand),
@@ -122,6 +126,7 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
             Ok(0)
         }
         Command::Export(a) => export_cmd::export(a),
+        Command::Grn(c) => grn_cmd::grn(c),
         Command::Bench(b) => bench::bench(b),
         Command::Slurm(c) => slurm_cmd::slurm(c),
         Command::Coordinator(a) => coord_cmd::coordinator(a),

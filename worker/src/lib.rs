@@ -20,6 +20,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod optim;
 pub mod registry;
+pub mod rng;
 pub mod schedule;
 pub mod signals;
 pub mod spec;

@@ -87,13 +87,7 @@ pub fn load_jsonl(path: &Path, fields: &JsonlFields) -> Result<Vec<Problem>, Dat
     Ok(out)
 }
 
-/// SplitMix64 step (also seeds generation's random numbers).
-pub fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use kiln_worker::rng::splitmix;
 
 /// Arithmetic word problems; problem `index` of `level` is a pure function of
 /// (seed, level, index). Levels: 1 one-digit sums; 2 two-digit sums and

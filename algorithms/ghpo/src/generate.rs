@@ -7,7 +7,7 @@
 //! same prompts in the same order give the same completions whatever else runs
 //! in the process. Rows that finish leave the batch (their cache rows dropped).
 
-use crate::data::splitmix;
+use kiln_worker::rng::{splitmix, unit};
 use crate::model::{positions_from_mask, KvCache, Qwen2};
 use tch::{Device, Kind, Tensor};
 
@@ -70,8 +70,7 @@ pub fn left_pad(prompts: &[Vec<i64>], pad: i64) -> (Tensor, Tensor) {
 /// A uniform number in [0, 1) from the (seed, row, step) counter, each part
 /// mixed in turn so no two counters collide in any simple way.
 fn uniform(seed: u64, row: u64, step: u64) -> f64 {
-    let z = splitmix(splitmix(splitmix(seed) ^ row) ^ step);
-    (z >> 11) as f64 / (1u64 << 53) as f64
+    unit(splitmix(splitmix(splitmix(seed) ^ row) ^ step))
 }
 
 /// Picks one token per row of `logits` `[rows, vocab]` given one uniform number

@@ -19,12 +19,7 @@ const LATENT: usize = 8;
 const EVAL_BASE: u64 = 1 << 48;
 
 /// SplitMix64: the counter-based hash behind every draw.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use kiln_worker::rng::splitmix as mix;
 
 fn uniform(seed: u64, a: u64, b: u64) -> f64 {
     let h = mix(seed ^ mix(a ^ mix(b)));

@@ -201,7 +201,7 @@ fn build(name: &'static str, hints: bool, v: &toml::Value, ctx: &BuildContext) -
         }
     };
     if let Some(p) = &cfg.init {
-        crate::model::io::load_weights(&policy.model, &[p.clone()], p).map_err(|e| err(e.to_string()))?;
+        crate::model::io::load_weights(&policy.model, std::slice::from_ref(p), p).map_err(|e| err(e.to_string()))?;
     }
     let problems = match &cfg.data {
         Some(spec) => Problems::files(spec, cfg.eval_problems, order).map_err(err)?,
@@ -431,10 +431,10 @@ impl Algorithm for RlTrainer {
                 };
                 let current = self.policy.snapshot();
                 self.policy.set_weights(&snap).map_err(|e| self.err(e))?;
-                let rolled = self.rollout(ctx, start).and_then(|mut b| {
+                let rolled = self.rollout(ctx, start).map(|mut b| {
                     let _g = tch::no_grad_guard();
                     b.old_logp = Some(completion_logprobs(&self.policy.model, &b.ids, &b.mask, b.prompt_len, self.cfg.temperature));
-                    Ok(b)
+                    b
                 });
                 self.policy.set_weights(&current).map_err(|e| self.err(e))?;
                 self.snapshot = Some(snap);
@@ -453,7 +453,7 @@ impl Algorithm for RlTrainer {
             // A mean over the whole batch's tokens, not this rank's: the loop
             // averages gradients over ranks, so scale by local share × ranks.
             let local = b.completion_mask.sum(Kind::Float).double_value(&[]).max(1.0);
-            loss = loss * (local * ctx.world_size as f64 / b.global_tokens.max(1.0));
+            loss *= local * ctx.world_size as f64 / b.global_tokens.max(1.0);
         }
         loss.backward();
         let mut scalars = b.scalars.clone();

@@ -1,0 +1,148 @@
+//! `kiln grn`: gene regulatory network evaluation and baselines on BEELINE's
+//! file formats (kiln-kindle's `beeline`, `metrics` and `baselines`).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_kindle::baselines::{self, Correlation};
+use kiln_kindle::beeline::{read_edges, read_expression, read_network, read_tfs, write_edges};
+use kiln_kindle::metrics::{evaluate, Universe};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum GrnCommand {
+    /// Score a ranked edge list against a reference network: BEELINE's metrics and KINDLE's top-k protocol.
+    Eval(EvalArgs),
+    /// Write a baseline's ranked edge list for an expression matrix.
+    Baseline(BaselineArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UniverseArg {
+    /// Every ordered pair of distinct reference genes (BEELINE's default, synthetic data).
+    All,
+    /// Pairs whose source is a reference regulator (BEELINE's TFEdges mode, real data); with --tfs, also in the TF list.
+    Tf,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The reference network (Gene1,Gene2[,Type]).
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// The ranked edge list (Gene1,Gene2,EdgeWeight; CSV or TSV).
+    #[arg(long)]
+    pub edges: PathBuf,
+    #[arg(long, value_enum, default_value = "all")]
+    pub universe: UniverseArg,
+    /// A TF list (first column) restricting the sources in --universe tf.
+    #[arg(long)]
+    pub tfs: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    Pearson,
+    Spearman,
+    Random,
+    PriorRandom,
+}
+
+#[derive(Args)]
+pub struct BaselineArgs {
+    /// ExpressionData.csv (genes in rows, cells in columns).
+    #[arg(long)]
+    pub expression: PathBuf,
+    #[arg(long, value_enum)]
+    pub method: Method,
+    /// The prior network (prior-random only).
+    #[arg(long)]
+    pub prior: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the ranked edge list.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn grn(cmd: GrnCommand) -> Result<i32> {
+    match cmd {
+        GrnCommand::Eval(a) => eval(a),
+        GrnCommand::Baseline(a) => baseline(a),
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<i32> {
+    if a.tfs.is_some() && a.universe != UniverseArg::Tf {
+        bail!("--tfs restricts the sources of --universe tf; add --universe tf (or leave out --tfs)");
+    }
+    let truth = read_network(&a.truth)?;
+    let edges = read_edges(&a.edges)?;
+    let universe = match a.universe {
+        UniverseArg::All => Universe::AllPairs,
+        UniverseArg::Tf => Universe::TfEdges { tfs: a.tfs.as_ref().map(|p| read_tfs(p)).transpose()? },
+    };
+    let genes: HashSet<&str> = truth.genes().into_iter().collect();
+    if !edges.is_empty() && !edges.iter().any(|e| genes.contains(e.from.as_str()) && genes.contains(e.to.as_str())) {
+        let e = &edges[0];
+        bail!(
+            "no predicted edge joins two genes of {} (e.g. {} -> {}): are both files about the same genes, spelled the same way?",
+            a.truth.display(),
+            e.from,
+            e.to
+        );
+    }
+    let ev = evaluate(&truth, &edges, &universe).with_context(|| format!("scoring {} against {}", a.edges.display(), a.truth.display()))?;
+    if a.json {
+        return print(serde_json::to_string_pretty(&ev)? + "\n");
+    }
+    let mut text = format!(
+        "universe: {} — {} pairs, {} true edges (density {:.4}){}\n",
+        ev.universe,
+        ev.universe_pairs,
+        ev.true_edges,
+        ev.density,
+        if ev.true_edges_outside > 0 { format!("; {} reference edges lie outside it and are not counted", ev.true_edges_outside) } else { String::new() }
+    );
+    text += &format!(
+        "BEELINE:  AUROC {:.4}  AUPRC {:.4}  AUPRC ratio {:.3}  early precision {:.4}  EPR {:.3}\n",
+        ev.auroc, ev.auprc, ev.auprc_ratio, ev.early_precision, ev.epr
+    );
+    text += &format!(
+        "top-k (KINDLE's protocol, k = {}):  precision {:.4}  F1 {:.4}  AUROC {:.4}  AUPRC {:.4}\n",
+        ev.topk.k, ev.topk.precision, ev.topk.f1, ev.topk.auroc, ev.topk.auprc
+    );
+    print(text)
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print(text: String) -> Result<i32> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(0),
+    }
+}
+
+fn baseline(a: BaselineArgs) -> Result<i32> {
+    if (a.method == Method::PriorRandom) != a.prior.is_some() {
+        bail!("--prior is needed by --method prior-random and by it only");
+    }
+    let expr = read_expression(&a.expression)?;
+    let edges = match a.method {
+        Method::Pearson => baselines::correlation(&expr, Correlation::Pearson),
+        Method::Spearman => baselines::correlation(&expr, Correlation::Spearman),
+        Method::Random => baselines::random(&expr.genes, a.seed),
+        Method::PriorRandom => {
+            let path = a.prior.as_ref().context("--prior")?;
+            let genes: HashSet<&str> = expr.genes.iter().map(String::as_str).collect();
+            let prior = read_network(path)?.restricted_to(&genes, &path.display().to_string())?;
+            baselines::prior_random(&prior, a.seed)
+        }
+    };
+    write_edges(&a.out, &edges)?;
+    print(format!("{} edges over {} genes written to {}\n", edges.len(), expr.genes.len(), a.out.display()))
+}
