@@ -6,6 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_kindle::baselines::{self, Correlation};
 use kiln_kindle::beeline::{read_edges, read_expression, read_network, read_tfs, write_edges};
 use kiln_kindle::metrics::{evaluate, Universe};
+use kiln_kindle::simulate::{write_dataset, SimSettings};
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -15,6 +16,20 @@ pub enum GrnCommand {
     Eval(EvalArgs),
     /// Write a baseline's ranked edge list for an expression matrix.
     Baseline(BaselineArgs),
+    /// Simulate a BEELINE-layout dataset with a known network (SERGIO-style).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// The folder to create: ExpressionData.csv, PseudoTime.csv, refNetwork.csv, prior.csv, settings.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Settings as JSON (keys of SimSettings, e.g. '{"genes": 50, "trajectories": 2, "technical": {}}'); the rest default.
+    #[arg(long, default_value = "{}")]
+    pub settings: String,
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,7 +87,32 @@ pub fn grn(cmd: GrnCommand) -> Result<i32> {
     match cmd {
         GrnCommand::Eval(a) => eval(a),
         GrnCommand::Baseline(a) => baseline(a),
+        GrnCommand::Simulate(a) => simulate(a),
     }
+}
+
+fn simulate(a: SimulateArgs) -> Result<i32> {
+    let mut settings: SimSettings = serde_json::from_str(&a.settings).context("--settings: not valid simulator settings (JSON with SimSettings keys)")?;
+    if let Some(seed) = a.seed {
+        settings.seed = seed;
+    }
+    if a.out.exists() {
+        bail!("{} already exists; choose a new folder (nothing was written)", a.out.display());
+    }
+    let ds = kiln_kindle::simulate::simulate(&settings).map_err(|e| anyhow::anyhow!("--settings: {e}"))?;
+    let tmp = PathBuf::from(format!("{}.partial", a.out.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    write_dataset(&ds, &tmp).map_err(anyhow::Error::msg)?;
+    std::fs::write(tmp.join("settings.json"), serde_json::to_string_pretty(&settings)?)?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("moving the dataset to {}", a.out.display()))?;
+    print(format!(
+        "{} genes × {} cells, {} true edges ({} in the prior) written to {}\n",
+        ds.expression.genes.len(),
+        ds.expression.cells.len(),
+        ds.truth.edges.len(),
+        ds.prior.edges.len(),
+        a.out.display()
+    ))
 }
 
 fn eval(a: EvalArgs) -> Result<i32> {

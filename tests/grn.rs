@@ -111,3 +111,30 @@ fn pearson_on_the_shared_beeline_data_gives_the_reference_numbers() {
     // ../shared/reference/kindle.md: absolute Pearson reaches EPR 8.5 on dyn-LL.
     assert!((v["epr"].as_f64().unwrap() - 8.5).abs() < 1e-9, "{v}");
 }
+
+#[test]
+fn simulated_datasets_are_reproducible_beeline_folders_and_bad_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = r#"{"genes": 12, "trajectories": 2, "cells_per_trajectory": 60, "technical": {}}"#;
+    for name in ["a", "b"] {
+        let out = grn(dir.path(), &["simulate", "--out", name, "--settings", settings, "--seed", "4"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for f in ["ExpressionData.csv", "PseudoTime.csv", "refNetwork.csv", "prior.csv", "settings.json"] {
+        let (a, b) = (std::fs::read(dir.path().join("a").join(f)).unwrap(), std::fs::read(dir.path().join("b").join(f)).unwrap());
+        assert_eq!(a, b, "{f} differs between two runs with the same seed");
+    }
+    // The folder is what `kiln grn` reads.
+    let out = grn(dir.path(), &["baseline", "--expression", "a/ExpressionData.csv", "--method", "spearman", "--out", "s.csv"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = grn(dir.path(), &["eval", "--truth", "a/refNetwork.csv", "--edges", "s.csv"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = grn(dir.path(), &["simulate", "--out", "a"]);
+    assert!(!out.status.success() && text(&out).contains("already exists"), "{}", text(&out));
+    let out = grn(dir.path(), &["simulate", "--out", "c", "--settings", r#"{"genes": 3, "master_regulators": 3}"#]);
+    assert!(!out.status.success() && text(&out).contains("master_regulators"), "{}", text(&out));
+    let out = grn(dir.path(), &["simulate", "--out", "c", "--settings", r#"{"genez": 3}"#]);
+    assert!(!out.status.success() && text(&out).contains("genez"), "{}", text(&out));
+    assert!(!dir.path().join("c").exists() && !dir.path().join("c.partial").exists());
+}

@@ -9,8 +9,11 @@
 //! evaluation exactly as BEELINE defines it (AUROC, AUPRC and its ratio, early
 //! precision ratio; all pairs or TF-sourced pairs) and KINDLE's top-k protocol,
 //! each named; [`baselines`], the reference predictors (random, prior-random,
-//! absolute Pearson and Spearman correlation). The teacher, the student, the
-//! distillation and the simulator come next (issue 5).
+//! absolute Pearson and Spearman correlation); [`simulate`], a SERGIO-style
+//! generator of expression with a known network (master regulators, Hill
+//! regulation, chemical Langevin dynamics, differentiation trajectories,
+//! technical noise) written as BEELINE folders. The teacher, the student and
+//! the distillation come next (issue 5).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints.
@@ -18,3 +21,4 @@
 pub mod baselines;
 pub mod beeline;
 pub mod metrics;
+pub mod simulate;
