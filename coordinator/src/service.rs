@@ -617,6 +617,9 @@ impl Coordinator {
 
     fn end_attempt(&self, id: JobId, attempt: u32, cause: AttemptCause) {
         lock(&self.watch).remove(&id);
+        // The log is complete once the attempt has ended: copy it to the store
+        // before the end is recorded, so whoever sees the job finished finds it.
+        self.upload_log(id, attempt);
         let preempted = cause == AttemptCause::Preempted;
         if self.apply(id, &Event::AttemptEnded { attempt, cause }) == Some(JobStatus::Queued) && !preempted {
             let restarts = self.db().get(id).map(|j| j.restarts).unwrap_or(1);
@@ -624,7 +627,6 @@ impl Coordinator {
             tracing::info!(job = id, restarts, wait_s = wait.as_secs_f64(), "restarting after a pause");
             lock(&self.not_before).insert(id, Instant::now() + wait);
         }
-        self.upload_log(id, attempt);
     }
 
     /// Stops an attempt's processes; false when that could not be confirmed

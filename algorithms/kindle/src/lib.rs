@@ -21,4 +21,5 @@
 pub mod baselines;
 pub mod beeline;
 pub mod metrics;
+pub mod prepare;
 pub mod simulate;
