@@ -9,7 +9,9 @@
 //! evaluation exactly as BEELINE defines it (AUROC, AUPRC and its ratio, early
 //! precision ratio; all pairs or TF-sourced pairs) and KINDLE's top-k protocol,
 //! each named; [`baselines`], the reference predictors (random, prior-random,
-//! absolute Pearson and Spearman correlation); [`simulate`], a SERGIO-style
+//! absolute Pearson and Spearman correlation); [`prepare`], gene selection,
+//! normalisation, pseudotime-ordered series and the windows the models read;
+//! [`simulate`], a SERGIO-style
 //! generator of expression with a known network (master regulators, Hill
 //! regulation, chemical Langevin dynamics, differentiation trajectories,
 //! technical noise) written as BEELINE folders. The teacher, the student and
