@@ -14,8 +14,10 @@
 //! [`simulate`], a SERGIO-style
 //! generator of expression with a known network (master regulators, Hill
 //! regulation, chemical Langevin dynamics, differentiation trajectories,
-//! technical noise) written as BEELINE folders. The teacher, the student and
-//! the distillation come next (issue 5).
+//! technical noise) written as BEELINE folders; [`model`], the teacher and
+//! student transformer with the masked MSE and the four distillation losses;
+//! [`trainer`], `kindle.teacher` and `kindle.student` as kiln algorithms with
+//! the attention readout. Knockouts and the reproduction come next (issue 5).
 //!
 //! Like every algorithm crate it must not launch processes, sync gradients or
 //! write checkpoints.
@@ -23,5 +25,9 @@
 pub mod baselines;
 pub mod beeline;
 pub mod metrics;
+pub mod model;
 pub mod prepare;
 pub mod simulate;
+pub mod trainer;
+
+pub use trainer::ENTRIES;
