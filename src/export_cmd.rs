@@ -22,18 +22,25 @@ pub struct ExportArgs {
     pub step: Option<u64>,
 }
 
-pub fn export(args: ExportArgs) -> Result<i32> {
-    let (spec, entry) = registry::load_spec(&args.spec)?;
-    if args.out.exists() {
-        bail!("{} already exists; choose a new folder for the export (nothing was written)", args.out.display());
-    }
+/// A job's committed checkpoint: the spec, its algorithm entry, the step and
+/// the shards (`step` None: the newest), and a one-rank CPU build context.
+pub struct Commit {
+    pub spec: kiln_worker::JobSpec,
+    pub entry: &'static kiln_worker::AlgorithmEntry,
+    pub step: u64,
+    pub shards: std::collections::BTreeMap<String, kiln_cluster::checkpoint::Bytes>,
+    pub ctx: BuildContext,
+}
+
+pub fn load_commit(spec_path: &Path, step: Option<u64>) -> Result<Commit> {
+    let (spec, entry) = registry::load_spec(spec_path)?;
     let store = CheckpointStore::open(&spec.checkpoint.store, &spec.name)
         .with_context(|| format!("opening the checkpoint store {}", spec.checkpoint.store))?;
-    let (step, shards) = match args.step {
+    let (step, shards) = match step {
         Some(step) => store.load_step(step).map(|(m, s)| (m.step, s)).with_context(|| format!("reading the commit of step {step}"))?,
         None => {
             let loaded = store.load_latest().context("reading the newest commit")?.ok_or_else(|| {
-                anyhow!("run '{}' has no committed checkpoint in {}; train it first (kiln run {})", spec.name, spec.checkpoint.store, args.spec.display())
+                anyhow!("run '{}' has no committed checkpoint in {}; train it first (kiln run {})", spec.name, spec.checkpoint.store, spec_path.display())
             })?;
             (loaded.manifest.step, loaded.shards)
         }
@@ -49,6 +56,14 @@ pub fn export(args: ExportArgs) -> Result<i32> {
         micro_steps: spec.train.micro_steps,
         steps: spec.train.steps,
     };
+    Ok(Commit { spec, entry, step, shards, ctx })
+}
+
+pub fn export(args: ExportArgs) -> Result<i32> {
+    if args.out.exists() {
+        bail!("{} already exists; choose a new folder for the export (nothing was written)", args.out.display());
+    }
+    let Commit { spec, entry, step, shards, ctx } = load_commit(&args.spec, args.step)?;
     let algo = (entry.build)(&spec.algorithm_config(), &ctx).context("building the algorithm")?;
     load_parameters(step, &shards, &algo.parameters()).context("loading the checkpoint's parameters")?;
     // Written next to the target and renamed into place: never half an export.

@@ -18,6 +18,32 @@ pub enum GrnCommand {
     Baseline(BaselineArgs),
     /// Simulate a BEELINE-layout dataset with a known network (SERGIO-style).
     Simulate(SimulateArgs),
+    /// In-silico knockout with a trained KINDLE model: the predicted change of every gene.
+    Knockout(KnockoutArgs),
+}
+
+#[derive(Args)]
+pub struct KnockoutArgs {
+    /// The kindle.teacher or kindle.student job spec.
+    pub spec: PathBuf,
+    /// Genes to knock out (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub genes: Vec<String>,
+    /// Marker genes to report whatever their change (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub markers: Vec<String>,
+    /// The committed step to use (default: the newest).
+    #[arg(long)]
+    pub step: Option<u64>,
+    /// Prediction rounds to roll forward.
+    #[arg(long, default_value_t = 4)]
+    pub rollout: usize,
+    /// How many of the most changed genes to print.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    /// Write every gene's control, knockout and change here (CSV).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -88,7 +114,46 @@ pub fn grn(cmd: GrnCommand) -> Result<i32> {
         GrnCommand::Eval(a) => eval(a),
         GrnCommand::Baseline(a) => baseline(a),
         GrnCommand::Simulate(a) => simulate(a),
+        GrnCommand::Knockout(a) => knockout(a),
     }
+}
+
+fn knockout(a: KnockoutArgs) -> Result<i32> {
+    let commit = crate::export_cmd::load_commit(&a.spec, a.step)?;
+    if !commit.entry.name.starts_with("kindle.") {
+        bail!("{} is a {} job; knockouts need a kindle.teacher or kindle.student job", a.spec.display(), commit.entry.name);
+    }
+    let trainer = kiln_kindle::trainer::KindleTrainer::new(commit.entry.name, &commit.spec.algorithm_config(), &commit.ctx).context("building the model")?;
+    use kiln_worker::Algorithm;
+    kiln_worker::train_loop::load_parameters(commit.step, &commit.shards, &trainer.parameters()).context("loading the checkpoint's parameters")?;
+    let ko = trainer.knockout(&a.genes, a.rollout).map_err(|e| anyhow::anyhow!("--genes: {e}"))?;
+    let changes = ko.changes();
+    for m in &a.markers {
+        if !ko.genes.contains(m) {
+            bail!("--markers: gene {m} is not among the model's {} genes", ko.genes.len());
+        }
+    }
+    if let Some(out) = &a.out {
+        let mut text = String::from("gene,control,knockout,change\n");
+        for (i, g) in ko.genes.iter().enumerate() {
+            text += &format!("{g},{},{},{}\n", ko.control[i], ko.knockout[i], ko.knockout[i] - ko.control[i]);
+        }
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let mut text = format!(
+        "knockout of {} (step {}, {} rounds rolled forward); predicted change in normalised expression:\n",
+        a.genes.join(", "),
+        commit.step,
+        a.rollout
+    );
+    for (g, d) in changes.iter().take(a.top) {
+        text += &format!("  {g:<16} {d:+.4}{}\n", if a.genes.contains(g) { "  (knocked out)" } else { "" });
+    }
+    for m in &a.markers {
+        let d = changes.iter().find(|(g, _)| g == m).map(|c| c.1).unwrap_or(0.0);
+        text += &format!("  marker {m:<9} {d:+.4}\n");
+    }
+    print(text)
 }
 
 fn simulate(a: SimulateArgs) -> Result<i32> {

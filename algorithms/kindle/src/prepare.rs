@@ -45,6 +45,9 @@ impl Series {
 pub struct Prepared {
     pub genes: Vec<String>,
     pub series: Vec<Series>,
+    /// Per gene, what a raw expression of 0 becomes after normalisation (the
+    /// input value of a knocked-out gene).
+    pub zero: Vec<f32>,
 }
 
 fn variance(x: &[f64]) -> f64 {
@@ -95,22 +98,24 @@ pub fn select_genes(expr: &Expression, selection: &GeneSelection) -> Result<Vec<
 pub fn prepare(expr: &Expression, pt: &PseudoTime, selection: &GeneSelection, norm: Normalise) -> Result<Prepared, DataError> {
     let genes = select_genes(expr, selection)?;
     let n = expr.cells.len();
-    // Normalised rows of the selected genes.
-    let rows: Vec<Vec<f32>> = genes
+    // Normalised rows of the selected genes, and the image of a raw 0.
+    let (rows, zero): (Vec<Vec<f32>>, Vec<f32>) = genes
         .iter()
         .map(|&g| {
             let mut x: Vec<f64> = expr.row(g).iter().map(|v| f64::from(*v)).collect();
             if norm.log1p {
                 x.iter_mut().for_each(|v| *v = v.max(0.0).ln_1p());
             }
+            let mut zero = 0.0;
             if norm.zscore {
                 let mean = x.iter().sum::<f64>() / n as f64;
                 let sd = variance(&x).sqrt();
                 x.iter_mut().for_each(|v| *v = if sd > 0.0 { (*v - mean) / sd } else { 0.0 });
+                zero = if sd > 0.0 { -mean / sd } else { 0.0 };
             }
-            x.into_iter().map(|v| v as f32).collect()
+            (x.into_iter().map(|v| v as f32).collect(), zero as f32)
         })
-        .collect();
+        .unzip();
     let col: HashMap<&str, usize> = expr.cells.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let mut series = Vec::new();
     for (t, name) in pt.trajectories.iter().enumerate() {
@@ -131,7 +136,7 @@ pub fn prepare(expr: &Expression, pt: &PseudoTime, selection: &GeneSelection, no
     if series.iter().all(|s| s.is_empty()) {
         return Err(DataError::File { path: "pseudotime".into(), message: "no cell of the matrix has a pseudotime on any trajectory".into() });
     }
-    Ok(Prepared { genes: genes.iter().map(|&g| expr.genes[g].clone()).collect(), series })
+    Ok(Prepared { genes: genes.iter().map(|&g| expr.genes[g].clone()).collect(), series, zero })
 }
 
 /// Start indices of windows of `t` input cells followed by `w` target cells,
@@ -199,6 +204,7 @@ mod tests {
         let sd = (1.25f64).sqrt();
         assert!((f64::from(p.series[0].values[2]) - (2.0 - 2.5) / sd).abs() < 1e-6);
         assert!(p.series[0].values.chunks(4).all(|c| c[3] == 0.0), "a constant gene z-scores to 0");
+        assert!((f64::from(p.zero[2]) - (0.0 - 2.5) / sd).abs() < 1e-6, "a knocked-out B enters as z(0)");
         assert_eq!(windows(&p, 1, 1, 1).unwrap(), vec![(0, 0), (0, 1), (1, 0)]);
         assert_eq!(windows(&p, 2, 1, 1).unwrap(), vec![(0, 0)]);
         let err = windows(&p, 3, 1, 1).unwrap_err();

@@ -211,11 +211,11 @@ fn validate(v: &toml::Value) -> Result<(), ConfigError> {
 }
 
 fn build_teacher(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    build("kindle.teacher", true, v, ctx)
+    Ok(Box::new(build_trainer("kindle.teacher", true, v, ctx)?))
 }
 
 fn build_student(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    build("kindle.student", false, v, ctx)
+    Ok(Box::new(build_trainer("kindle.student", false, v, ctx)?))
 }
 
 /// The data every stage reads.
@@ -270,7 +270,20 @@ fn prior_matrix(genes: &[String], prior: &Network) -> Vec<Vec<bool>> {
     m
 }
 
-fn build(name: &'static str, teacher: bool, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+impl KindleTrainer {
+    /// The trainer of `name` ("kindle.teacher" or "kindle.student") for an
+    /// `[algorithm]` table, for callers that need more than `Algorithm` (knockouts).
+    pub fn new(name: &str, v: &toml::Value, ctx: &BuildContext) -> Result<KindleTrainer, WorkerError> {
+        let (name, teacher): (&'static str, bool) = match name {
+            "kindle.teacher" => ("kindle.teacher", true),
+            "kindle.student" => ("kindle.student", false),
+            other => return Err(WorkerError::algo(other, "not a KINDLE stage (kindle.teacher or kindle.student)")),
+        };
+        build_trainer(name, teacher, v, ctx)
+    }
+}
+
+fn build_trainer(name: &'static str, teacher: bool, v: &toml::Value, ctx: &BuildContext) -> Result<KindleTrainer, WorkerError> {
     let err = |e: String| WorkerError::algo(name, e);
     let cfg = KindleConfig::from_value(v).map_err(|e| err(e.to_string()))?;
     if ctx.global_batch % (ctx.world_size * ctx.micro_steps) != 0 {
@@ -290,7 +303,7 @@ fn build(name: &'static str, teacher: bool, v: &toml::Value, ctx: &BuildContext)
         load_into(&t, &path).map_err(err)?;
         (Model::new(cfg.model(m, false), None, ctx.device).map_err(err)?, Some(t))
     };
-    Ok(Box::new(KindleTrainer { name, cfg, data, model, teacher: frozen, global_batch: ctx.global_batch }))
+    Ok(KindleTrainer { name, cfg, data, model, teacher: frozen, global_batch: ctx.global_batch })
 }
 
 /// Copies a safetensors file's tensors into `model` by name and shape.
@@ -305,6 +318,24 @@ fn load_into(model: &Model, path: &Path) -> Result<(), String> {
         p.shallow_clone().copy_(&t.to_device(p.device()));
     }
     Ok(())
+}
+
+/// What [`KindleTrainer::knockout`] predicts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Knockout {
+    pub genes: Vec<String>,
+    pub knocked: Vec<String>,
+    pub control: Vec<f64>,
+    pub knockout: Vec<f64>,
+}
+
+impl Knockout {
+    /// Genes by the size of their predicted change, largest first: (gene, change).
+    pub fn changes(&self) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self.genes.iter().zip(self.control.iter().zip(&self.knockout)).map(|(g, (c, k))| (g.clone(), k - c)).collect();
+        v.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        v
+    }
 }
 
 pub struct KindleTrainer {
@@ -380,6 +411,59 @@ impl KindleTrainer {
             }
         }
         out
+    }
+
+    /// In-silico knockout: every non-overlapping T-cell segment of every
+    /// trajectory is rolled forward `rollout` times (each time the W predicted
+    /// cells are appended and the input window slides on), once as is and
+    /// once with the `knocked` genes held at the value a raw 0 normalises to,
+    /// in the input and in every prediction. Returns, per gene, the mean last
+    /// prediction without and with the knockout (normalised units).
+    pub fn knockout(&self, knocked: &[String], rollout: usize) -> Result<Knockout, String> {
+        let genes = &self.data.prepared.genes;
+        let idx: Vec<usize> = knocked
+            .iter()
+            .map(|g| genes.iter().position(|x| x == g).ok_or_else(|| format!("gene {g} is not among the model's {} genes", genes.len())))
+            .collect::<Result<_, _>>()?;
+        if rollout == 0 {
+            return Err("rollout must be at least 1".into());
+        }
+        let _g = tch::no_grad_guard();
+        let (t, m) = (self.cfg.window as i64, genes.len() as i64);
+        let device = self.model.vs.device();
+        let segments: Vec<(usize, usize)> =
+            self.data.prepared.series.iter().enumerate().flat_map(|(s, series)| (0..series.len() / t as usize).map(move |j| (s, j * t as usize))).collect();
+        if segments.is_empty() {
+            return Err(format!("no trajectory has {t} cells to start from"));
+        }
+        let zero = Tensor::from_slice(&self.data.prepared.zero).to_device(device);
+        let ko_mask = {
+            let mut v = vec![false; m as usize];
+            idx.iter().for_each(|&i| v[i] = true);
+            Tensor::from_slice(&v).to_device(device)
+        };
+        // Holds knocked genes at their zero value in x [n, L, M].
+        let clamp = |x: &Tensor| x.where_self(&ko_mask.logical_not(), &zero.expand_as(x));
+        let roll = |x0: &Tensor, knock: bool| -> Tensor {
+            let mut x = if knock { clamp(x0) } else { x0.shallow_clone() };
+            let mut last = Tensor::zeros([x0.size()[0], m], (Kind::Float, device));
+            for _ in 0..rollout {
+                let (pred, _) = self.model.forward(&x);
+                let pred = if knock { clamp(&pred) } else { pred };
+                last = pred.select(1, pred.size()[1] - 1);
+                x = Tensor::cat(&[&x, &pred], 1).narrow(1, pred.size()[1], t);
+            }
+            last
+        };
+        let (mut control, mut knocked_sum) = (Tensor::zeros([m], (Kind::Float, device)), Tensor::zeros([m], (Kind::Float, device)));
+        for chunk in segments.chunks(64) {
+            let (x, _) = self.batch_inputs(chunk, device);
+            control += roll(&x, false).sum_dim_intlist(0, false, Kind::Float);
+            knocked_sum += roll(&x, true).sum_dim_intlist(0, false, Kind::Float);
+        }
+        let n = segments.len() as f64;
+        let to_vec = |t: Tensor| Vec::<f32>::try_from(t / n).unwrap_or_default().into_iter().map(f64::from).collect::<Vec<_>>();
+        Ok(Knockout { genes: genes.clone(), control: to_vec(control), knockout: to_vec(knocked_sum), knocked: knocked.to_vec() })
     }
 
     /// Inputs of windows that may end at the series' end (no target needed).
