@@ -97,7 +97,10 @@ fn eos_and_stop_sequences_end_rows_while_others_go_on() {
     }
     let stop = free[0].tokens[3..5].to_vec();
     let out = generate(&m, &prompts(), 0, &SamplingParams { stop_sequences: vec![stop.clone()], ..greedy });
-    assert_eq!(out[0].tokens, free[0].tokens[..5].to_vec());
+    // It stops the first time the text ends with the stop sequence (a random
+    // model may produce it before position 5).
+    let first = (stop.len()..=5).find(|&j| free[0].tokens[..j].ends_with(&stop)).unwrap();
+    assert_eq!(out[0].tokens, free[0].tokens[..first].to_vec());
     assert_eq!(out[0].finish, Finish::Stop);
     assert!(out[0].tokens.ends_with(&stop));
 }
