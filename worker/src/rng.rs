@@ -16,6 +16,18 @@ pub fn unit(bits: u64) -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// 0..n in the order of a Fisher–Yates shuffle driven by SplitMix64 of
+/// (seed, epoch): a fresh, reproducible order for each pass over a data set.
+pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut state = splitmix(splitmix(seed) ^ epoch);
+    for i in (1..n).rev() {
+        state = splitmix(state);
+        idx.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

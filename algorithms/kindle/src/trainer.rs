@@ -16,7 +16,7 @@ use crate::beeline::{read_expression, read_network, read_pseudotime, read_tfs, w
 use crate::metrics::{evaluate as score, Universe};
 use crate::model::{distill_loss, masked_mse, Distill, Model, ModelConfig, PriorMask};
 use crate::prepare::{prepare, windows, GeneSelection, Normalise, Prepared};
-use kiln_worker::rng::splitmix;
+use kiln_worker::rng::shuffled;
 use kiln_worker::{parse_config, Algorithm, AlgorithmEntry, BuildContext, ConfigError, StepContext, StepOutput, WorkerError};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -352,30 +352,30 @@ impl KindleTrainer {
     fn batch(&self, windows: &[(usize, usize)], device: Device) -> (Tensor, Tensor) {
         let (t, w) = (self.cfg.window, self.cfg.horizon);
         let m = self.data.prepared.genes.len();
-        let (mut x, mut y) = (Vec::with_capacity(windows.len() * t * m), Vec::with_capacity(windows.len() * w * m));
+        let mut y = Vec::with_capacity(windows.len() * w * m);
         for &(s, start) in windows {
-            let v = &self.data.prepared.series[s].values;
-            x.extend_from_slice(&v[start * m..(start + t) * m]);
-            y.extend_from_slice(&v[(start + t) * m..(start + t + w) * m]);
+            y.extend_from_slice(&self.data.prepared.series[s].values[(start + t) * m..(start + t + w) * m]);
         }
-        let n = windows.len() as i64;
-        (
-            Tensor::from_slice(&x).view([n, t as i64, m as i64]).to_device(device),
-            Tensor::from_slice(&y).view([n, w as i64, m as i64]).to_device(device),
-        )
+        let (x, n) = self.batch_inputs(windows, device);
+        (x, Tensor::from_slice(&y).view([n as i64, w as i64, m as i64]).to_device(device))
     }
 
-    /// Sample k of the run: a window of a fresh seeded shuffle per epoch.
-    fn sample(&self, k: u64, seed: u64) -> (usize, usize) {
+    /// Samples `first..first + count` of the run: sample k is window
+    /// shuffled(epoch)[k mod n], one seeded shuffle per epoch (computed once
+    /// per epoch the range touches).
+    fn samples(&self, first: u64, count: usize, seed: u64) -> Vec<(usize, usize)> {
         let n = self.data.train.len() as u64;
-        let epoch = k / n;
-        let mut idx: Vec<usize> = (0..self.data.train.len()).collect();
-        let mut state = splitmix(splitmix(seed) ^ epoch);
-        for i in (1..idx.len()).rev() {
-            state = splitmix(state);
-            idx.swap(i, (state % (i as u64 + 1)) as usize);
-        }
-        self.data.train[idx[(k % n) as usize]]
+        let mut order: Option<(u64, Vec<usize>)> = None;
+        (first..first + count as u64)
+            .map(|k| {
+                let epoch = k / n;
+                if order.as_ref().map(|o| o.0) != Some(epoch) {
+                    order = Some((epoch, shuffled(self.data.train.len(), seed, epoch)));
+                }
+                let idx = order.as_ref().map(|o| o.1[(k % n) as usize]).unwrap_or(0);
+                self.data.train[idx]
+            })
+            .collect()
     }
 
     /// The model's network: gene attention averaged over non-overlapping
@@ -490,7 +490,7 @@ impl Algorithm for KindleTrainer {
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
         let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
         let base = ctx.step * self.global_batch as u64;
-        let all: Vec<(usize, usize)> = (0..self.global_batch as u64).map(|i| self.sample(base + i, ctx.seed)).collect();
+        let all = self.samples(base, self.global_batch, ctx.seed);
         let first = (ctx.micro_step * ctx.world_size + ctx.rank) * per;
         let mine = &all[first..first + per];
         let (x, y) = self.batch(mine, ctx.device);

@@ -4,7 +4,8 @@
 //! Problem q of a run is a pure function of (source, order, seed, q), so every
 //! rank and every resumed run agree on it.
 
-use crate::data::{load_jsonl, splitmix, Arithmetic, JsonlFields};
+use crate::data::{load_jsonl, Arithmetic, JsonlFields};
+use kiln_worker::rng::shuffled;
 use crate::ghpo::Problem;
 use kiln_worker::ConfigError;
 use serde::Deserialize;
@@ -135,20 +136,15 @@ impl Problems {
             Problems::Files { train, .. } => {
                 let n = train.len() as u64;
                 let order_of = |epoch: u64| -> Vec<usize> {
-                    let mut idx: Vec<usize> = (0..train.len()).collect();
                     match order {
                         // Stable: equal levels keep the file's order.
-                        Order::Curriculum => idx.sort_by_key(|&i| train[i].level),
-                        Order::Mixed => {
-                            // Fisher–Yates driven by SplitMix of (seed, epoch).
-                            let mut state = splitmix(splitmix(seed) ^ epoch);
-                            for i in (1..idx.len()).rev() {
-                                state = splitmix(state);
-                                idx.swap(i, (state % (i as u64 + 1)) as usize);
-                            }
+                        Order::Curriculum => {
+                            let mut idx: Vec<usize> = (0..train.len()).collect();
+                            idx.sort_by_key(|&i| train[i].level);
+                            idx
                         }
+                        Order::Mixed => shuffled(train.len(), seed, epoch),
                     }
-                    idx
                 };
                 let mut cached: Option<(u64, Vec<usize>)> = None;
                 (first..first + count as u64)
