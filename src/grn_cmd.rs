@@ -20,11 +20,35 @@ pub enum GrnCommand {
     Simulate(SimulateArgs),
     /// In-silico knockout with a trained KINDLE model: the predicted change of every gene.
     Knockout(KnockoutArgs),
+    /// A teacher prior made from a reference network (for data that has no other prior):
+    /// a seeded share of its edges dropped and false edges among the expression's genes added.
+    Prior(PriorArgs),
+}
+
+#[derive(Args)]
+pub struct PriorArgs {
+    /// The reference network (Gene1,Gene2[,Type]).
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// The expression matrix whose genes false edges are drawn among.
+    #[arg(long)]
+    pub expression: PathBuf,
+    /// Share of the reference's edges left out.
+    #[arg(long, default_value_t = 0.3)]
+    pub drop: f64,
+    /// False edges added, as a share of the reference's edge count.
+    #[arg(long, default_value_t = 0.5)]
+    pub add: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The prior to write (Gene1,Gene2).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
 pub struct KnockoutArgs {
-    /// The kindle.teacher or kindle.student job spec.
+    /// The kindle, kindle.teacher or kindle.student job spec (a kindle job knocks out in its student).
     pub spec: PathBuf,
     /// Genes to knock out (comma-separated).
     #[arg(long, value_delimiter = ',', required = true)]
@@ -115,13 +139,27 @@ pub fn grn(cmd: GrnCommand) -> Result<i32> {
         GrnCommand::Baseline(a) => baseline(a),
         GrnCommand::Simulate(a) => simulate(a),
         GrnCommand::Knockout(a) => knockout(a),
+        GrnCommand::Prior(a) => prior(a),
     }
+}
+
+fn prior(a: PriorArgs) -> Result<i32> {
+    let truth = read_network(&a.truth)?;
+    let genes = read_expression(&a.expression)?.genes;
+    let known: HashSet<&str> = genes.iter().map(String::as_str).collect();
+    let truth = truth.restricted_to(&known, &format!("the reference {}", a.truth.display()))?;
+    let prior = kiln_kindle::simulate::prior_from_truth(&truth, &genes, a.drop, a.add, a.seed).map_err(|e| anyhow::anyhow!("--drop/--add: {e}"))?;
+    let tmp = PathBuf::from(format!("{}.partial", a.out.display()));
+    std::fs::write(&tmp, kiln_kindle::simulate::network_csv(&prior, false)).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("moving the prior to {}", a.out.display()))?;
+    let kept = prior.edges.iter().filter(|e| truth.edges.iter().any(|t| t.from == e.from && t.to == e.to)).count();
+    print(format!("{} edges ({kept} of the reference's {}, {} false) written to {}\n", prior.edges.len(), truth.edges.len(), prior.edges.len() - kept, a.out.display()))
 }
 
 fn knockout(a: KnockoutArgs) -> Result<i32> {
     let commit = crate::export_cmd::load_commit(&a.spec, a.step)?;
-    if !commit.entry.name.starts_with("kindle.") {
-        bail!("{} is a {} job; knockouts need a kindle.teacher or kindle.student job", a.spec.display(), commit.entry.name);
+    if commit.entry.name != "kindle" && !commit.entry.name.starts_with("kindle.") {
+        bail!("{} is a {} job; knockouts need a kindle, kindle.teacher or kindle.student job", a.spec.display(), commit.entry.name);
     }
     let trainer = kiln_kindle::trainer::KindleTrainer::new(commit.entry.name, &commit.spec.algorithm_config(), &commit.ctx).context("building the model")?;
     use kiln_worker::Algorithm;

@@ -137,4 +137,19 @@ fn simulated_datasets_are_reproducible_beeline_folders_and_bad_settings_are_refu
     let out = grn(dir.path(), &["simulate", "--out", "c", "--settings", r#"{"genez": 3}"#]);
     assert!(!out.status.success() && text(&out).contains("genez"), "{}", text(&out));
     assert!(!dir.path().join("c").exists() && !dir.path().join("c.partial").exists());
+
+    // A teacher prior from the reference: part of it kept, false edges added,
+    // the same for the same seed.
+    for name in ["p1.csv", "p2.csv"] {
+        let out = grn(dir.path(), &["prior", "--truth", "a/refNetwork.csv", "--expression", "a/ExpressionData.csv", "--drop", "0.5", "--add", "1", "--seed", "3", "--out", name]);
+        assert!(out.status.success() && text(&out).contains("false) written to"), "{}", text(&out));
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    assert_eq!(read("p1.csv"), read("p2.csv"));
+    let truth: std::collections::HashSet<String> = read("a/refNetwork.csv").lines().skip(1).map(|l| l.rsplitn(2, ',').last().unwrap().to_string()).collect();
+    let prior: Vec<String> = read("p1.csv").lines().skip(1).map(str::to_string).collect();
+    let kept = prior.iter().filter(|e| truth.contains(*e)).count();
+    assert!(kept > 0 && kept < truth.len() && kept < prior.len(), "kept {kept} of {} in a prior of {}", truth.len(), prior.len());
+    let out = grn(dir.path(), &["prior", "--truth", "a/refNetwork.csv", "--expression", "a/ExpressionData.csv", "--drop", "2", "--out", "p3.csv"]);
+    assert!(!out.status.success() && text(&out).contains("drop must be in [0, 1]") && !dir.path().join("p3.csv").exists(), "{}", text(&out));
 }

@@ -1,6 +1,7 @@
-//! KINDLE's stages as kiln jobs on a simulated dataset with a known network:
-//! the teacher and the student train on 2 ranks and report network metrics,
-//! 2 ranks equal 1, a killed run resumes exactly, `kiln export` writes the
+//! KINDLE as kiln jobs on a simulated dataset with a known network: the
+//! teacher and the student as separate jobs and as one `kindle` job on 2 ranks
+//! report network metrics, 2 ranks equal 1 and a killed run resumes exactly
+//! (across the switch from teacher to student), `kiln export` writes the
 //! student's edge list, and bad settings are refused before training.
 
 mod common;
@@ -26,10 +27,6 @@ fn job(dir: &Path, name: &str, algo: &str, steps: u64, every: u64, extra: &str) 
     path
 }
 
-fn final_eval(dir: &Path, name: &str) -> serde_json::Value {
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("runs").join(name).join("summary.json")).unwrap()).unwrap();
-    s["final_eval"].clone()
-}
 
 #[test]
 fn teacher_then_student_on_two_ranks_with_network_metrics_and_an_exported_edge_list() {
@@ -110,6 +107,43 @@ fn teacher_then_student_on_two_ranks_with_network_metrics_and_an_exported_edge_l
 }
 
 #[test]
+fn one_kindle_job_trains_the_teacher_then_the_student_and_reads_out_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    simulate(dir.path());
+    let spec = job(dir.path(), "pipeline", "kindle", 60, 30, "teacher_steps = 30\ninput_mask = 0.5");
+    let text_of = std::fs::read_to_string(&spec).unwrap().replace("eval_every = 0", "eval_every = 30");
+    std::fs::write(&spec, text_of).unwrap();
+    let out = kiln_run(dir.path(), &spec, 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("runs/pipeline/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["kind"] == "eval")
+        .collect();
+    // After the teacher's 30 steps only the teacher is scored; at the end both.
+    assert!(rows[0]["teacher_auroc"].is_f64() && rows[0].get("auroc").is_none(), "{}", rows[0]);
+    let last = final_eval(dir.path(), "pipeline");
+    for k in ["val_mse", "auroc", "auprc_ratio", "epr", "topk_precision", "teacher_val_mse", "teacher_auroc"] {
+        assert!(last[k].as_f64().is_some_and(f64::is_finite), "{k}: {last}");
+    }
+    // The teacher stops changing when the student starts.
+    assert_eq!(rows[0]["teacher_auroc"], last["teacher_auroc"], "the teacher is frozen in the student's stage");
+    assert_eq!(rows[0]["teacher_val_mse"], last["teacher_val_mse"]);
+    let train: String = std::fs::read_to_string(dir.path().join("runs/pipeline/metrics.jsonl")).unwrap();
+    assert!(train.contains("\"distill\""), "the student's stage logs its distillation term");
+    let mut c = kiln();
+    c.current_dir(dir.path()).arg("export").arg(&spec).args(["--out", "grn"]);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(dir.path().join("grn/edges.csv")).unwrap().lines().count(), 1 + 15 * 14);
+    let mut c = kiln();
+    c.current_dir(dir.path()).arg("grn").arg("knockout").arg(&spec).args(["--genes", "G1"]);
+    let out = run(&mut c);
+    assert!(out.status.success() && text(&out).contains("(knocked out)"), "{}", text(&out));
+}
+
+#[test]
 fn the_teacher_runs_the_same_on_one_and_two_ranks_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     simulate(dir.path());
@@ -129,13 +163,24 @@ fn the_teacher_runs_the_same_on_one_and_two_ranks_and_resumes_exactly() {
     let (name, d) = worst(&params(dir.path(), "one", 20), &params(dir.path(), "two", 20));
     assert!(d <= 1e-5, "2 ranks differ from 1 by {d} ({name})");
     let killed = sgd(job(dir.path(), "killed", "kindle.teacher", 20, 5, "mask = \"soft\""));
-    let mut c = kiln();
-    c.current_dir(dir.path()).arg("run").arg(&killed).args(["--ranks", "2"]).env("KILN_FAULT", "kill-rank:1:after-step:12");
-    assert!(!run(&mut c).status.success());
-    let out = kiln_run(dir.path(), &killed, 2, &["--resume"]);
-    assert!(out.status.success(), "{}", text(&out));
+    kill_then_resume(dir.path(), &killed, 2, "kill-rank:1:after-step:12");
     let d = max_diff(&params(dir.path(), "killed", 20), &params(dir.path(), "two", 20));
     assert!(d <= 1e-6, "the resumed run differs by {d}");
+
+    // The same for a whole `kindle` job, with hidden inputs in the student's
+    // stage, killed after the switch to the student and resumed.
+    let both = "teacher_steps = 10\ninput_mask = 0.3\nalpha = 0.7";
+    for (name, ranks) in [("one-k", 1), ("two-k", 2)] {
+        let spec = sgd(job(dir.path(), name, "kindle", 20, 0, both));
+        let out = kiln_run(dir.path(), &spec, ranks, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (name, d) = worst(&params(dir.path(), "one-k", 20), &params(dir.path(), "two-k", 20));
+    assert!(d <= 1e-5, "kindle: 2 ranks differ from 1 by {d} ({name})");
+    let killed = sgd(job(dir.path(), "killed-k", "kindle", 20, 5, both));
+    kill_then_resume(dir.path(), &killed, 2, "kill-rank:1:after-step:12");
+    let d = max_diff(&params(dir.path(), "killed-k", 20), &params(dir.path(), "two-k", 20));
+    assert!(d <= 1e-6, "the resumed kindle job differs by {d}");
 }
 
 #[test]
@@ -150,6 +195,9 @@ fn kindle_jobs_refuse_bad_settings_before_training() {
     refused("long", "kindle.teacher", "window = 300\nhorizon = 200", "T + W = 500 cells exceeds the longest trajectory (400 cells)");
     refused("noteacher", "kindle.student", "", "the student needs the teacher's weights");
     refused("mask", "kindle.teacher", "mask = \"medium\"", "algorithm.mask");
+    refused("nosplit", "kindle", "", "a kindle job needs teacher_steps");
+    refused("split", "kindle", "teacher_steps = 2", "teacher_steps (2) must be at least 1 and below train.steps (2)");
+    refused("stage", "kindle.teacher", "teacher_steps = 1", "teacher_steps is for `kindle` jobs");
     std::fs::write(dir.path().join("other.csv"), "Gene1,Gene2\ng1,g2\n").unwrap();
     let spec = job(dir.path(), "prior", "kindle.teacher", 2, 0, "");
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("sim/prior.csv", "other.csv")).unwrap();

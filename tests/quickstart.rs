@@ -4,12 +4,6 @@
 mod common;
 use common::*;
 
-fn final_eval(dir: &std::path::Path, name: &str) -> serde_json::Value {
-    let s = std::fs::read_to_string(dir.join("runs").join(name).join("summary.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-    v["final_eval"].clone()
-}
-
 #[test]
 fn mmoe_and_shared_bottom_learn_both_tasks() {
     let dir = tempfile::tempdir().unwrap();

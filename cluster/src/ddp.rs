@@ -114,6 +114,11 @@ impl GradSync {
                 let p = &params[i];
                 let n = p.numel() as i64;
                 let avg = flat.narrow(0, offset, n).view_as(p);
+                if !p.requires_grad() {
+                    // Frozen for now (e.g. a finished stage): it has no gradient to set.
+                    offset += n;
+                    continue;
+                }
                 let mut g = p.grad();
                 if g.defined() {
                     g.f_copy_(&avg)?;

@@ -95,6 +95,24 @@ pub fn kiln_run(dir: &Path, spec: &Path, ranks: usize, extra: &[&str]) -> Output
     run(&mut c)
 }
 
+/// Runs `spec` on `ranks` ranks with `fault` (a `KILN_FAULT` value) until it
+/// fails, then resumes it to the end; panics if either half does not behave.
+pub fn kill_then_resume(dir: &Path, spec: &Path, ranks: usize, fault: &str) {
+    let mut c = kiln();
+    c.current_dir(dir).arg("run").arg(spec).arg("--ranks").arg(ranks.to_string()).env("KILN_FAULT", fault);
+    let out = run(&mut c);
+    assert!(!out.status.success(), "the faulted run must fail: {}", text(&out));
+    let out = kiln_run(dir, spec, ranks, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `final_eval` of run `name`'s `runs/<name>/summary.json` under `dir`.
+pub fn final_eval(dir: &Path, name: &str) -> serde_json::Value {
+    let path = dir.join("runs").join(name).join("summary.json");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    s["final_eval"].clone()
+}
+
 /// The parameters committed at `step` of run `name` in `dir/store`.
 pub fn params(dir: &Path, name: &str, step: u64) -> Vec<(String, Tensor)> {
     let path = dir.join("store").join(name).join("ckpt").join(format!("step-{step:010}")).join("model.safetensors");

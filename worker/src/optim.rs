@@ -14,8 +14,12 @@ pub struct Optimizer {
     params: Vec<Tensor>,
     /// Per parameter: AdamW `[exp_avg, exp_avg_sq]`, SGD `[momentum_buffer]`.
     state: Vec<Vec<Tensor>>,
-    /// Optimizer steps taken (AdamW's bias correction uses it).
+    /// Optimizer steps taken.
     steps: i64,
+    /// Per parameter: the updates it has had. AdamW's bias correction and
+    /// SGD's first momentum step use it, so a parameter that starts training
+    /// late (a frozen stage thawed mid-run) starts as PyTorch's would.
+    updates: Vec<i64>,
 }
 
 impl Optimizer {
@@ -25,7 +29,8 @@ impl Optimizer {
             OptimizerSpec::Sgd { .. } => 1,
         };
         let state = params.iter().map(|p| (0..slots).map(|_| p.zeros_like()).collect()).collect();
-        Optimizer { spec, params, state, steps: 0 }
+        let updates = vec![0; params.len()];
+        Optimizer { spec, params, state, steps: 0, updates }
     }
 
     pub fn steps(&self) -> i64 {
@@ -39,16 +44,18 @@ impl Optimizer {
         }
     }
 
-    /// One update with learning rate `lr`.
+    /// One update with learning rate `lr`. Parameters without a gradient or
+    /// not requiring one (frozen) are left as they are, state included.
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.steps += 1;
-        let t = self.steps as f64;
-        for (p, st) in self.params.iter_mut().zip(self.state.iter_mut()) {
+        for ((p, st), n) in self.params.iter_mut().zip(self.state.iter_mut()).zip(self.updates.iter_mut()) {
             let g = p.grad();
-            if !g.defined() {
+            if !g.defined() || !p.requires_grad() {
                 continue;
             }
+            *n += 1;
+            let t = *n as f64;
             match self.spec {
                 OptimizerSpec::Adamw { betas: [b1, b2], eps, weight_decay, .. } => {
                     if weight_decay != 0.0 {
@@ -70,7 +77,7 @@ impl Optimizer {
                     let g = if weight_decay != 0.0 { &g + &*p * weight_decay } else { g };
                     let d = if momentum != 0.0 {
                         let buf = &mut st[0];
-                        if self.steps == 1 {
+                        if *n == 1 {
                             buf.copy_(&g);
                         } else {
                             let _ = buf.g_mul_scalar_(momentum);
@@ -90,9 +97,10 @@ impl Optimizer {
         }
     }
 
-    /// The state as named tensors (`<index>.<slot>` plus `steps`), for checkpoints.
+    /// The state as named tensors (`<index>.<slot>`, `steps` and the
+    /// per-parameter `updates`), for checkpoints.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("steps".to_string(), Tensor::from_slice(&[self.steps]))];
+        let mut out = vec![("steps".to_string(), Tensor::from_slice(&[self.steps])), ("updates".to_string(), Tensor::from_slice(&self.updates))];
         for (i, st) in self.state.iter().enumerate() {
             for (j, t) in st.iter().enumerate() {
                 out.push((format!("{i:05}.{j}"), t.shallow_clone()));
@@ -105,9 +113,18 @@ impl Optimizer {
     pub fn load_state(&mut self, named: &[(String, Tensor)]) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
         let mut seen = 0usize;
+        let mut updates = None;
         for (name, t) in named {
             if name == "steps" {
                 self.steps = t.int64_value(&[0]);
+                continue;
+            }
+            if name == "updates" {
+                let v = Vec::<i64>::try_from(t).map_err(|e| format!("optimizer tensor 'updates': {e}"))?;
+                if v.len() != self.params.len() {
+                    return Err(format!("checkpoint counts updates for {} parameters, this model has {}", v.len(), self.params.len()));
+                }
+                updates = Some(v);
                 continue;
             }
             let (i, j) = name
@@ -125,6 +142,9 @@ impl Optimizer {
             slot.copy_(&t.to_kind(slot.kind()).to_device(slot.device()));
             seen += 1;
         }
+        // Checkpoints written before per-parameter counts: every parameter
+        // was updated at every step.
+        self.updates = updates.unwrap_or_else(|| vec![self.steps; self.params.len()]);
         let expected: usize = self.state.iter().map(|s| s.len()).sum();
         if seen != expected {
             return Err(format!("checkpoint holds {seen} optimizer tensors, this optimizer needs {expected} (was the optimizer kind changed?)"));
@@ -229,6 +249,31 @@ mod tests {
         }
         assert!(p.detach().equal(&q.detach()));
         assert!(opt2.load_state(&[("00007.0".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))]).is_err());
+    }
+
+    #[test]
+    fn frozen_parameters_stay_put_and_a_late_starter_gets_its_own_bias_correction() {
+        let spec = OptimizerSpec::Adamw { lr: 0.1, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 };
+        let (a, b) = (quadratic_param(), quadratic_param());
+        let mut opt = Optimizer::new(spec, vec![a.shallow_clone(), b.shallow_clone()]);
+        let _ = b.shallow_clone().set_requires_grad(false);
+        for _ in 0..5 {
+            opt.zero_grad();
+            (&a * &a).sum(Kind::Float).backward();
+            opt.step(0.1);
+        }
+        assert_eq!(Vec::<f32>::try_from(b.detach()).unwrap(), vec![3.0, -2.0], "frozen: no update, no decay");
+        // Thawed at step 6, b's first update is AdamW's first step (≈ lr in the
+        // gradient's sign), not one scaled by a bias correction for step 6.
+        let _ = b.shallow_clone().set_requires_grad(true);
+        let _ = a.shallow_clone().set_requires_grad(false);
+        opt.zero_grad();
+        (&b * &b).sum(Kind::Float).backward();
+        opt.step(0.1);
+        let v = Vec::<f32>::try_from(b.detach()).unwrap();
+        assert!((v[0] - 3.0 * (1.0 - 0.001) + 0.1).abs() < 1e-4, "{v:?}");
+        let names: Vec<String> = opt.state_tensors().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"updates".to_string()));
     }
 
     #[test]

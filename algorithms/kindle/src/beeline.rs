@@ -137,10 +137,12 @@ pub struct PseudoTime {
 pub fn read_pseudotime(path: &Path) -> Result<PseudoTime, DataError> {
     let p = path.display().to_string();
     let (header, sep, it) = table(path)?;
-    let trajectories: Vec<String> = fields(&header, sep).skip(1).map(str::to_string).collect();
-    if trajectories.is_empty() {
-        return Err(DataError::Line { path: p, line: 1, message: "no trajectory columns (expected: cell id, then PseudoTime or PseudoTime1..k)".into() });
-    }
+    let names: Vec<String> = fields(&header, sep).map(str::to_string).collect();
+    // Usually the header names the cell-id column too (often with an empty
+    // name); some files (BEELINE's curated GSD example) leave it out, so the
+    // first row decides: one field more than the header means every header
+    // name is a trajectory.
+    let mut trajectories: Option<Vec<String>> = None;
     let (mut cells, mut times) = (Vec::new(), Vec::new());
     for row in it {
         let (line, text) = row?;
@@ -153,10 +155,18 @@ pub fn read_pseudotime(path: &Path) -> Result<PseudoTime, DataError> {
                 v => v.parse::<f64>().ok().filter(|x| x.is_finite()).map(Some).ok_or_else(|| err(format!("{v:?} is not a time or NA"))),
             })
             .collect::<Result<_, _>>()?;
-        if t.len() != trajectories.len() {
-            return Err(err(format!("{} values for {} trajectories", t.len(), trajectories.len())));
+        let names = trajectories.get_or_insert_with(|| if t.len() == names.len() { names.clone() } else { names.iter().skip(1).cloned().collect() });
+        if names.is_empty() {
+            return Err(DataError::Line { path: p, line: 1, message: "no trajectory columns (expected: cell id, then PseudoTime or PseudoTime1..k)".into() });
+        }
+        if t.len() != names.len() {
+            return Err(err(format!("{} values for {} trajectories", t.len(), names.len())));
         }
         times.push(t);
+    }
+    let trajectories = trajectories.unwrap_or_default();
+    if trajectories.is_empty() {
+        return Err(DataError::Line { path: p, line: 1, message: "no trajectory columns or no cells (expected: cell id, then PseudoTime or PseudoTime1..k)".into() });
     }
     for (j, name) in trajectories.iter().enumerate() {
         if times.iter().all(|t| t[j].is_none()) {
@@ -366,6 +376,9 @@ mod tests {
         let pt = read_pseudotime(&write(d.path(), "p.csv", ",PseudoTime1,PseudoTime2\nc1,0.1,NA\nc2,NA,0.5\nc3,0.3,0.2\n")).unwrap();
         assert_eq!(pt.times[1], vec![None, Some(0.5)]);
         pt.check_cells(&e, Path::new("p.csv")).unwrap();
+        // A header without the cell-id column's name (BEELINE's GSD example).
+        let bare = read_pseudotime(&write(d.path(), "b.csv", "PseudoTime1,PseudoTime2\nc1,0.1,NA\nc2,NA,0.5\n")).unwrap();
+        assert_eq!((bare.trajectories.len(), bare.cells[1].as_str(), bare.times[1][1]), (2, "c2", Some(0.5)));
         let n = read_network(&write(d.path(), "n.csv", "Gene1,Gene2,Type\ng1,g2,+\ng2,g1,-\n")).unwrap();
         assert_eq!(n.edges[1].sign, Some(Sign::Repression));
         let unsigned = read_network(&write(d.path(), "u.csv", "Gene1,Gene2\nA,B\n")).unwrap();

@@ -47,6 +47,13 @@ pub struct ModelConfig {
     /// Temporal attention (the teacher has it, the student not).
     pub temporal: bool,
     pub mask: PriorMask,
+    /// A learned vector per gene added to its value embedding, so attention
+    /// can depend on which gene is which, not only on the values (TRIGON has
+    /// none; without it gene attention is a function of expression values alone).
+    pub gene_identity: bool,
+    /// A learned "hidden value" embedding, for training with genes masked
+    /// out of the input (see `kindle.*`'s `input_mask`).
+    pub masking: bool,
 }
 
 struct Attention {
@@ -123,6 +130,8 @@ pub struct Model {
     pub vs: nn::VarStore,
     embed_w: Tensor,
     embed_b: Tensor,
+    gene_embed: Option<Tensor>,
+    mask_embed: Option<Tensor>,
     in_norm: nn::LayerNorm,
     blocks: Vec<Block>,
     out: nn::Linear,
@@ -146,7 +155,11 @@ impl Model {
         let root = vs.root();
         let d = cfg.d_model;
         let embed_w = root.var("embed_w", &[d], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
-        let embed_b = root.var("embed_b", &[d], nn::Init::Const(0.0));
+        // A random bias as torch's Linear(1, d) has: with a zero bias the
+        // LayerNorm after it would map x·w to sign(x)·w/‖w‖, losing the value.
+        let embed_b = root.var("embed_b", &[d], nn::Init::Uniform { lo: -1.0, up: 1.0 });
+        let mask_embed = cfg.masking.then(|| root.var("mask_embed", &[d], nn::Init::Randn { mean: 0.0, stdev: 1.0 }));
+        let gene_embed = cfg.gene_identity.then(|| root.var("gene_embed", &[cfg.genes, d], nn::Init::Randn { mean: 0.0, stdev: 1.0 }));
         let in_norm = nn::layer_norm(&root / "in_norm", vec![d], Default::default());
         let blocks = (0..cfg.layers)
             .map(|i| {
@@ -180,17 +193,30 @@ impl Model {
                 (None, Some(&p * inside + (1.0 - &p) * outside))
             }
         };
-        Ok(Model { cfg, vs, embed_w, embed_b, in_norm, blocks, out, head, space_bias, space_scale })
+        Ok(Model { cfg, vs, embed_w, embed_b, gene_embed, mask_embed, in_norm, blocks, out, head, space_bias, space_scale })
     }
 
     /// Per-cell, per-gene hidden states `[B, T, M, D]` for x `[B, T, M]`, and
     /// the last block's gene attention averaged over heads and steps
     /// `[B, M, M]` (target × regulator). Step s depends on steps ≤ s only.
     pub fn encode(&self, x: &Tensor) -> (Tensor, Tensor) {
+        self.encode_masked(x, None)
+    }
+
+    /// [`Model::encode`] with the genes where `hidden` `[B, M]` is true masked
+    /// out: their values replaced by the learned mask embedding at every step.
+    pub fn encode_masked(&self, x: &Tensor, hidden: Option<&Tensor>) -> (Tensor, Tensor) {
         let (b, t, m) = (x.size()[0], x.size()[1], x.size()[2]);
         let d = self.cfg.d_model;
         let dev = x.device();
-        let mut h = self.in_norm.forward(&(x.unsqueeze(-1) * &self.embed_w + &self.embed_b));
+        let mut e = x.unsqueeze(-1) * &self.embed_w + &self.embed_b;
+        if let (Some(h), Some(me)) = (hidden, &self.mask_embed) {
+            e = e.where_self(&h.view([b, 1, m, 1]).logical_not(), &me.view([1, 1, 1, d]).expand_as(&e));
+        }
+        if let Some(g) = &self.gene_embed {
+            e += g;
+        }
+        let mut h = self.in_norm.forward(&e);
         let future = Tensor::ones([t, t], (Kind::Float, dev)).triu(1).gt(0.5);
         let causal = Tensor::zeros([t, t], (Kind::Float, dev)).masked_fill(&future, f64::NEG_INFINITY);
         let mut attention = Tensor::zeros([b, m, m], (Kind::Float, dev));
@@ -211,7 +237,12 @@ impl Model {
     /// Predictions `[B, W, M]` for x `[B, T, M]`, and the gene attention of
     /// [`Model::encode`].
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let (h, attention) = self.encode(x);
+        self.forward_masked(x, None)
+    }
+
+    /// [`Model::forward`] with genes masked out of the input ([`Model::encode_masked`]).
+    pub fn forward_masked(&self, x: &Tensor, hidden: Option<&Tensor>) -> (Tensor, Tensor) {
+        let (h, attention) = self.encode_masked(x, hidden);
         let series = self.out.forward(&h).squeeze_dim(-1).permute([0, 2, 1]); // [B, M, T]
         let pred = self.head.forward(&series).permute([0, 2, 1]); // [B, W, M]
         (pred, attention)
@@ -285,7 +316,7 @@ mod tests {
     use super::*;
 
     fn cfg(temporal: bool, mask: PriorMask) -> ModelConfig {
-        ModelConfig { genes: 5, window: 4, horizon: 2, d_model: 8, d_ff: 16, heads: 2, layers: 2, temporal, mask }
+        ModelConfig { genes: 5, window: 4, horizon: 2, d_model: 8, d_ff: 16, heads: 2, layers: 2, temporal, mask, gene_identity: true, masking: true }
     }
 
     fn prior() -> Vec<Vec<bool>> {

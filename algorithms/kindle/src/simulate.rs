@@ -323,7 +323,7 @@ pub fn simulate(s: &SimSettings) -> Result<Dataset, String> {
             })
             .collect(),
     };
-    let prior = noisy_prior(&truth, &genes, s, &d);
+    let prior = noisy_prior(&truth, &genes, s.prior_drop, s.prior_add, &d);
     let trajectories = (1..=s.trajectories).map(|t| if s.trajectories == 1 { "PseudoTime".to_string() } else { format!("PseudoTime{t}") }).collect();
     Ok(Dataset {
         expression: Expression { genes, cells: cells.clone(), values },
@@ -367,18 +367,32 @@ fn technical_noise(values: &mut [f32], genes: usize, cells: usize, t: &Technical
     }
 }
 
-/// The truth with `prior_drop` of its edges removed and `prior_add` × |truth|
-/// false edges added (unsigned, as real priors are).
-fn noisy_prior(truth: &Network, genes: &[String], s: &SimSettings, d: &Draws) -> Network {
+/// A prior for data that comes with a reference network only (BEELINE's
+/// synthetic and curated sets): the reference with `drop` of its edges removed
+/// and `add` × |reference| false edges among `genes` added, unsigned; seeded.
+/// A teacher given it starts from part of the answer, so a report must say so.
+pub fn prior_from_truth(truth: &Network, genes: &[String], drop: f64, add: f64, seed: u64) -> Result<Network, String> {
+    if !(0.0..=1.0).contains(&drop) || add < 0.0 {
+        return Err(format!("drop must be in [0, 1] and add >= 0 (got {drop} and {add})"));
+    }
+    if genes.len() < 2 {
+        return Err("a prior needs at least 2 genes".into());
+    }
+    Ok(noisy_prior(truth, genes, drop, add, &Draws { seed }))
+}
+
+/// The truth with `drop` of its edges removed and `add` × |truth| false edges
+/// added (unsigned, as real priors are).
+fn noisy_prior(truth: &Network, genes: &[String], drop: f64, add: f64, d: &Draws) -> Network {
     let mut edges: Vec<Edge> = truth
         .edges
         .iter()
         .enumerate()
-        .filter(|(i, _)| d.u(PRIOR, 1, *i as u64) >= s.prior_drop)
+        .filter(|(i, _)| d.u(PRIOR, 1, *i as u64) >= drop)
         .map(|(_, e)| Edge { from: e.from.clone(), to: e.to.clone(), sign: None })
         .collect();
     let true_pairs: std::collections::HashSet<(&str, &str)> = truth.edges.iter().map(|e| (e.from.as_str(), e.to.as_str())).collect();
-    let want = (s.prior_add * truth.edges.len() as f64).round() as usize;
+    let want = (add * truth.edges.len() as f64).round() as usize;
     let (mut added, mut t) = (0, 0u64);
     while added < want && t < 100 * (want as u64 + 1) {
         let a = (d.u(PRIOR, 2, t) * genes.len() as f64) as usize;
@@ -427,19 +441,21 @@ pub fn write_dataset(ds: &Dataset, dir: &std::path::Path) -> Result<(), String> 
         text.push('\n');
     }
     write("PseudoTime.csv", text)?;
-    let net = |n: &Network, typed: bool| {
-        let mut text = String::from(if typed { "Gene1,Gene2,Type\n" } else { "Gene1,Gene2\n" });
-        for e in &n.edges {
-            text.push_str(&format!("{},{}", e.from, e.to));
-            if typed {
-                text.push_str(if e.sign == Some(Sign::Repression) { ",-" } else { ",+" });
-            }
-            text.push('\n');
+    write("refNetwork.csv", network_csv(&ds.truth, true))?;
+    write("prior.csv", network_csv(&ds.prior, false))
+}
+
+/// A network in BEELINE's layout: `Gene1,Gene2[,Type]`.
+pub fn network_csv(n: &Network, typed: bool) -> String {
+    let mut text = String::from(if typed { "Gene1,Gene2,Type\n" } else { "Gene1,Gene2\n" });
+    for e in &n.edges {
+        text.push_str(&format!("{},{}", e.from, e.to));
+        if typed {
+            text.push_str(if e.sign == Some(Sign::Repression) { ",-" } else { ",+" });
         }
-        text
-    };
-    write("refNetwork.csv", net(&ds.truth, true))?;
-    write("prior.csv", net(&ds.prior, false))
+        text.push('\n');
+    }
+    text
 }
 
 /// The truth as a scored list (weight 1 per edge): an oracle for tests.

@@ -16,7 +16,7 @@ use crate::beeline::{read_expression, read_network, read_pseudotime, read_tfs, w
 use crate::metrics::{evaluate as score, Universe};
 use crate::model::{distill_loss, masked_mse, Distill, Model, ModelConfig, PriorMask};
 use crate::prepare::{prepare, windows, GeneSelection, Normalise, Prepared};
-use kiln_worker::rng::shuffled;
+use kiln_worker::rng::{shuffled, splitmix, unit};
 use kiln_worker::{parse_config, Algorithm, AlgorithmEntry, BuildContext, ConfigError, StepContext, StepOutput, WorkerError};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,6 +24,12 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 pub static ENTRIES: &[AlgorithmEntry] = &[
+    AlgorithmEntry {
+        name: "kindle",
+        summary: "KINDLE in one job: the teacher for teacher_steps, then the student distilled from it; the student's attention is the network",
+        validate,
+        build: build_pipeline,
+    },
     AlgorithmEntry {
         name: "kindle.teacher",
         summary: "KINDLE stage 1: teacher with causal temporal attention and prior-masked gene attention, predicting the next W cells",
@@ -92,6 +98,17 @@ pub struct KindleConfig {
     pub tau: f64,
     #[serde(default = "one_f")]
     pub lambda: f64,
+    /// A learned embedding per gene (see [`ModelConfig::gene_identity`]).
+    #[serde(default = "yes")]
+    pub gene_identity: bool,
+    /// Share of genes hidden from each training window's input (their future
+    /// still predicted), so a gene's prediction has to come from the genes it
+    /// attends to rather than from its own past. 0 turns it off.
+    #[serde(default)]
+    pub input_mask: f64,
+    /// `kindle` (both stages in one job): the teacher's share of
+    /// `train.steps`; the student trains for the rest.
+    pub teacher_steps: Option<u64>,
 }
 
 fn default_select() -> String {
@@ -202,6 +219,8 @@ impl KindleConfig {
             layers: self.layers,
             temporal: teacher,
             mask: if teacher { self.mask().unwrap_or(PriorMask::Hard) } else { PriorMask::None },
+            gene_identity: self.gene_identity,
+            masking: !teacher && self.input_mask > 0.0,
         }
     }
 }
@@ -216,6 +235,10 @@ fn build_teacher(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorith
 
 fn build_student(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     Ok(Box::new(build_trainer("kindle.student", false, v, ctx)?))
+}
+
+fn build_pipeline(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+    Ok(Box::new(build_trainer("kindle", false, v, ctx)?))
 }
 
 /// The data every stage reads.
@@ -277,7 +300,8 @@ impl KindleTrainer {
         let (name, teacher): (&'static str, bool) = match name {
             "kindle.teacher" => ("kindle.teacher", true),
             "kindle.student" => ("kindle.student", false),
-            other => return Err(WorkerError::algo(other, "not a KINDLE stage (kindle.teacher or kindle.student)")),
+            "kindle" => ("kindle", false),
+            other => return Err(WorkerError::algo(other, "not a KINDLE job (kindle, kindle.teacher or kindle.student)")),
         };
         build_trainer(name, teacher, v, ctx)
     }
@@ -293,9 +317,24 @@ fn build_trainer(name: &'static str, teacher: bool, v: &toml::Value, ctx: &Build
     let m = data.prepared.genes.len();
     let prior_m = prior.as_ref().map(|p| prior_matrix(&data.prepared.genes, p));
     tch::manual_seed(ctx.seed as i64);
+    let stage = match (name, cfg.teacher_steps) {
+        ("kindle", Some(n)) if n >= 1 && n < ctx.steps => Stage::Pipeline { teacher_steps: n },
+        ("kindle", Some(n)) => return Err(err(format!("teacher_steps ({n}) must be at least 1 and below train.steps ({}), which the student's steps follow", ctx.steps))),
+        ("kindle", None) => return Err(err("a kindle job needs teacher_steps: how many of train.steps train the teacher before the student".into())),
+        (_, Some(_)) => return Err(err("teacher_steps is for `kindle` jobs (both stages); this is one stage".into())),
+        _ if teacher => Stage::Teacher,
+        _ => Stage::Student,
+    };
     let (model, frozen) = if teacher {
         let prior_m = prior_m.ok_or_else(|| err("the teacher needs a prior network (prior = \"…\")".into()))?;
         (Model::new(cfg.model(m, true), Some(&prior_m), ctx.device).map_err(err)?, None)
+    } else if let Stage::Pipeline { .. } = stage {
+        if cfg.teacher.is_some() {
+            return Err(err("a kindle job trains its own teacher: drop teacher = \"…\" (or run kindle.student)".into()));
+        }
+        let prior_m = prior_m.ok_or_else(|| err("the teacher needs a prior network (prior = \"…\")".into()))?;
+        let t = Model::new(cfg.model(m, true), Some(&prior_m), ctx.device).map_err(err)?;
+        (Model::new(cfg.model(m, false), None, ctx.device).map_err(err)?, Some(t))
     } else {
         let path = cfg.teacher.clone().ok_or_else(|| err("the student needs the teacher's weights (teacher = \"…/model.safetensors\")".into()))?;
         let prior_m = prior_m.ok_or_else(|| err("the student needs the teacher's prior (prior = \"…\") to rebuild the teacher".into()))?;
@@ -303,14 +342,18 @@ fn build_trainer(name: &'static str, teacher: bool, v: &toml::Value, ctx: &Build
         load_into(&t, &path).map_err(err)?;
         (Model::new(cfg.model(m, false), None, ctx.device).map_err(err)?, Some(t))
     };
-    Ok(KindleTrainer { name, cfg, data, model, teacher: frozen, global_batch: ctx.global_batch })
+    Ok(KindleTrainer { name, stage, cfg, data, model, teacher: frozen, global_batch: ctx.global_batch })
 }
 
 /// Copies a safetensors file's tensors into `model` by name and shape.
 fn load_into(model: &Model, path: &Path) -> Result<(), String> {
     let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| format!("{}: {e}", path.display()))?.into_iter().collect();
     let _g = tch::no_grad_guard();
-    for (name, p) in model.named_parameters() {
+    let wanted = model.named_parameters();
+    if let Some(extra) = saved.keys().find(|k| !wanted.iter().any(|(n, _)| n == *k)) {
+        return Err(format!("{}: holds {extra}, which this teacher has not (same layers and settings as the teacher's job?)", path.display()));
+    }
+    for (name, p) in wanted {
         let t = saved.get(&name).ok_or_else(|| format!("{}: no tensor {name} (is it a teacher checkpoint of this dataset and model size?)", path.display()))?;
         if t.size() != p.size() {
             return Err(format!("{}: {name} has shape {:?}, this teacher needs {:?} (same genes, window, horizon and model size?)", path.display(), t.size(), p.size()));
@@ -338,8 +381,21 @@ impl Knockout {
     }
 }
 
+/// Which KINDLE job this is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    /// `kindle.teacher`: `model` is the teacher.
+    Teacher,
+    /// `kindle.student`: `model` is the student, `teacher` frozen from a file.
+    Student,
+    /// `kindle`: `teacher` trains for the first `teacher_steps`, then `model`
+    /// (the student) learns from it, frozen.
+    Pipeline { teacher_steps: u64 },
+}
+
 pub struct KindleTrainer {
     name: &'static str,
+    stage: Stage,
     cfg: KindleConfig,
     data: Data,
     model: Model,
@@ -382,6 +438,11 @@ impl KindleTrainer {
     /// segments of T cells of every trajectory; edge regulator → target
     /// scores A[target, regulator].
     pub fn readout(&self) -> Vec<ScoredEdge> {
+        self.readout_of(&self.model, self.stage != Stage::Teacher)
+    }
+
+    /// [`KindleTrainer::readout`] of `model` (`student`: trained with hidden inputs, if any).
+    fn readout_of(&self, model: &Model, student: bool) -> Vec<ScoredEdge> {
         let _g = tch::no_grad_guard();
         let t = self.cfg.window;
         let segments: Vec<(usize, usize)> = self
@@ -394,12 +455,26 @@ impl KindleTrainer {
             .collect();
         let genes = &self.data.prepared.genes;
         let m = genes.len();
-        let device = self.model.vs.device();
+        let device = model.vs.device();
         let mut sum = Tensor::zeros([m as i64, m as i64], (Kind::Float, device));
+        // A student trained with hidden inputs is read as it learned to
+        // attend: gene i's row from a pass where i is hidden (genes split into
+        // ⌈1 / input_mask⌉ interleaved groups, one pass per group).
+        let groups = if self.cfg.input_mask > 0.0 && student { (1.0 / self.cfg.input_mask).ceil() as usize } else { 1 };
         for chunk in segments.chunks(64) {
             let (x, _) = self.batch_inputs(chunk, device);
-            let (_, attn) = self.model.forward(&x);
-            sum += attn.sum_dim_intlist(0, false, Kind::Float);
+            for g in 0..groups {
+                if groups == 1 {
+                    let (_, attn) = model.forward(&x);
+                    sum += attn.sum_dim_intlist(0, false, Kind::Float);
+                    continue;
+                }
+                let rows: Vec<bool> = (0..m).map(|i| i % groups == g).collect();
+                let rows = Tensor::from_slice(&rows).to_device(device);
+                let hidden = rows.view([1, m as i64]).expand([chunk.len() as i64, m as i64], false);
+                let (_, attn) = model.forward_masked(&x, Some(&hidden));
+                sum += attn.sum_dim_intlist(0, false, Kind::Float) * rows.view([m as i64, 1]).to_kind(Kind::Float);
+            }
         }
         let a = Vec::<f32>::try_from((sum / segments.len().max(1) as f64).reshape([-1])).unwrap_or_default();
         let mut out = Vec::with_capacity(m * m);
@@ -466,6 +541,20 @@ impl KindleTrainer {
         Ok(Knockout { genes: genes.clone(), control: to_vec(control), knockout: to_vec(knocked_sum), knocked: knocked.to_vec() })
     }
 
+    /// Which genes are hidden from the input of samples `first..first + n`
+    /// (`[n, M]`, each with probability `input_mask`), keyed by (seed, sample,
+    /// gene) so every rank count and every resumed run hide the same ones.
+    fn hidden(&self, first: u64, n: usize, seed: u64, device: Device) -> Option<Tensor> {
+        if self.cfg.input_mask <= 0.0 || self.stage == Stage::Teacher {
+            return None;
+        }
+        let m = self.data.prepared.genes.len();
+        let v: Vec<bool> = (first..first + n as u64)
+            .flat_map(|k| (0..m as u64).map(move |g| unit(splitmix(splitmix(seed ^ 0x6b69_6e64_6c65 ^ splitmix(k)) ^ g)) < self.cfg.input_mask))
+            .collect();
+        Some(Tensor::from_slice(&v).view([n as i64, m as i64]).to_device(device))
+    }
+
     /// Inputs of windows that may end at the series' end (no target needed).
     fn batch_inputs(&self, windows: &[(usize, usize)], device: Device) -> (Tensor, usize) {
         let t = self.cfg.window;
@@ -478,13 +567,76 @@ impl KindleTrainer {
     }
 }
 
+impl KindleTrainer {
+    /// `kindle`: whether step `step` belongs to the teacher.
+    fn teaching(&self, step: u64) -> bool {
+        match self.stage {
+            Stage::Teacher => true,
+            Stage::Student => false,
+            Stage::Pipeline { teacher_steps } => step < teacher_steps,
+        }
+    }
+
+    /// `kindle`: only the stage in training requires gradients, so the
+    /// optimizer and the gradient sync leave the other one alone.
+    fn set_trainable(&self, teaching: bool) {
+        if let (Stage::Pipeline { .. }, Some(t)) = (self.stage, &self.teacher) {
+            for (_, p) in t.named_parameters() {
+                let _ = p.set_requires_grad(teaching);
+            }
+            for (_, p) in self.model.named_parameters() {
+                let _ = p.set_requires_grad(!teaching);
+            }
+        }
+    }
+
+    /// Validation error and, with a reference, the network's metrics of `model`.
+    fn evaluate_model(&self, model: &Model, student: bool, ctx: &StepContext, prefix: &str) -> Result<BTreeMap<String, f64>, WorkerError> {
+        // Validation error, split over the ranks and summed.
+        let n = self.data.val.len();
+        let (lo, hi) = (n * ctx.rank / ctx.world_size, n * (ctx.rank + 1) / ctx.world_size);
+        let mut sums = vec![0.0f64; 2];
+        for chunk in self.data.val[lo..hi].chunks(64) {
+            let (x, y) = self.batch(chunk, ctx.device);
+            let (pred, _) = model.forward(&x);
+            let mask = y.ne(0.0).to_kind(Kind::Float);
+            sums[0] += ((pred - &y).square() * &mask).sum(Kind::Float).double_value(&[]);
+            sums[1] += mask.sum(Kind::Float).double_value(&[]);
+        }
+        let mut t = Tensor::from_slice(&sums);
+        ctx.comm.all_reduce(&mut t, kiln_cluster::ReduceOp::Sum)?;
+        let s = Vec::<f64>::try_from(&t).map_err(|e| WorkerError::algo(self.name, e))?;
+        let mut out = BTreeMap::new();
+        out.insert(format!("{prefix}val_mse"), s[0] / s[1].max(1.0));
+        if let Some(truth) = &self.data.truth {
+            let edges = self.readout_of(model, student);
+            let e = score(truth, &edges, &self.data.universe).map_err(|e| WorkerError::algo(self.name, e))?;
+            out.insert(format!("{prefix}auroc"), e.auroc);
+            out.insert(format!("{prefix}auprc_ratio"), e.auprc_ratio);
+            out.insert(format!("{prefix}epr"), e.epr);
+            out.insert(format!("{prefix}topk_precision"), e.topk.precision);
+        }
+        Ok(out)
+    }
+}
+
 impl Algorithm for KindleTrainer {
     fn name(&self) -> &str {
         self.name
     }
 
+    /// One model's parameters; `kindle`'s are both, the teacher's named
+    /// `teacher.*` and the student's `student.*`.
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.model.named_parameters()
+        match (self.stage, &self.teacher) {
+            (Stage::Pipeline { .. }, Some(t)) => t
+                .named_parameters()
+                .into_iter()
+                .map(|(n, p)| (format!("teacher.{n}"), p))
+                .chain(self.model.named_parameters().into_iter().map(|(n, p)| (format!("student.{n}"), p)))
+                .collect(),
+            _ => self.model.named_parameters(),
+        }
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
@@ -500,12 +652,18 @@ impl Algorithm for KindleTrainer {
         let (_, y_all) = self.batch(&all, Device::Cpu);
         let global_nonzero = y_all.ne(0.0).sum(Kind::Int64).int64_value(&[]).max(1) as f64;
         let local_nonzero = y.ne(0.0).sum(Kind::Int64).int64_value(&[]).max(1) as f64;
-        let (pred, _) = self.model.forward(&x);
-        let pred_loss = masked_mse(&pred, &y) * (local_nonzero * (ctx.world_size * ctx.micro_steps) as f64 / global_nonzero);
+        let scale = local_nonzero * (ctx.world_size * ctx.micro_steps) as f64 / global_nonzero;
+        let teaching = self.teaching(ctx.step);
+        self.set_trainable(teaching);
         let mut scalars = BTreeMap::new();
-        let loss = match &self.teacher {
-            None => pred_loss,
-            Some(t) => {
+        let loss = match (&self.teacher, teaching) {
+            // kindle's first stage: the teacher alone.
+            (Some(t), true) => masked_mse(&t.forward(&x).0, &y) * scale,
+            (None, _) => masked_mse(&self.model.forward(&x).0, &y) * scale,
+            (Some(t), false) => {
+                let hidden = self.hidden(base + first as u64, per, ctx.seed, ctx.device);
+                let (pred, _) = self.model.forward_masked(&x, hidden.as_ref());
+                let pred_loss = masked_mse(&pred, &y) * scale;
                 let (tp, _) = tch::no_grad(|| t.forward(&x));
                 let d = distill_loss(&pred, &tp, self.cfg.distill().map_err(|e| WorkerError::algo(self.name, e))?);
                 scalars.insert("distill".into(), d.double_value(&[]));
@@ -517,37 +675,20 @@ impl Algorithm for KindleTrainer {
         Ok(StepOutput { loss: loss.double_value(&[]), samples: per, scalars })
     }
 
+    /// The job's model; `kindle` reports the teacher as `teacher_*` while it
+    /// trains and beside the student afterwards.
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
         let _g = tch::no_grad_guard();
-        // Validation error, split over the ranks and summed.
-        let n = self.data.val.len();
-        let (lo, hi) = (n * ctx.rank / ctx.world_size, n * (ctx.rank + 1) / ctx.world_size);
-        let mut sums = vec![0.0f64; 2];
-        for chunk in self.data.val[lo..hi].chunks(64) {
-            let (x, y) = self.batch(chunk, ctx.device);
-            let (pred, _) = self.model.forward(&x);
-            let mask = y.ne(0.0).to_kind(Kind::Float);
-            sums[0] += ((pred - &y).square() * &mask).sum(Kind::Float).double_value(&[]);
-            sums[1] += mask.sum(Kind::Float).double_value(&[]);
-        }
-        let mut t = Tensor::from_slice(&sums);
-        ctx.comm.all_reduce(&mut t, kiln_cluster::ReduceOp::Sum)?;
-        let s = Vec::<f64>::try_from(&t).map_err(|e| WorkerError::algo(self.name, e))?;
-        let mut out = BTreeMap::new();
-        out.insert("val_mse".into(), s[0] / s[1].max(1.0));
-        if let Some(truth) = &self.data.truth {
-            let edges = self.readout();
-            match score(truth, &edges, &self.data.universe) {
-                Ok(e) => {
-                    out.insert("auroc".into(), e.auroc);
-                    out.insert("auprc_ratio".into(), e.auprc_ratio);
-                    out.insert("epr".into(), e.epr);
-                    out.insert("topk_precision".into(), e.topk.precision);
+        match (self.stage, &self.teacher) {
+            (Stage::Pipeline { .. }, Some(t)) => {
+                let mut out = self.evaluate_model(t, false, ctx, "teacher_")?;
+                if !self.teaching(ctx.step) {
+                    out.extend(self.evaluate_model(&self.model, true, ctx, "")?);
                 }
-                Err(e) => return Err(WorkerError::algo(self.name, e)),
+                Ok(out)
             }
+            _ => self.evaluate_model(&self.model, self.stage != Stage::Teacher, ctx, ""),
         }
-        Ok(out)
     }
 
     fn global_batch(&self) -> usize {

@@ -12,8 +12,24 @@ pub struct RecsysConfig {
     pub hidden: i64,
     /// Hidden width of each task tower.
     pub tower_hidden: i64,
-    /// MMoE experts (ignored by Shared-Bottom).
+    /// Shared experts (MMoE, PLE, M3oE).
     pub experts: i64,
+    /// PLE: experts per task per level, and levels.
+    pub task_experts: i64,
+    pub levels: i64,
+    /// AITM: weight of the calibrator (a later task predicted above an earlier one).
+    pub calibration: f64,
+    /// M3oE: search the structure scalars (false: keep them fixed at their start).
+    pub search: bool,
+    /// M3oE: one structure step every this many training steps, on a validation
+    /// batch of `search_batch` samples, with Adam at `search_lr`.
+    pub search_every: u64,
+    pub search_batch: usize,
+    pub search_lr: f64,
+    /// Generator: each domain's own view of items (0: none), and a click →
+    /// conversion funnel for task 1.
+    pub domain_shift: f64,
+    pub funnel: bool,
     /// Generator: users, items, domains and dense features.
     pub users: usize,
     pub items: usize,
@@ -30,6 +46,15 @@ impl Default for RecsysConfig {
             hidden: 64,
             tower_hidden: 32,
             experts: 4,
+            task_experts: 2,
+            levels: 2,
+            calibration: 0.6,
+            search: true,
+            search_every: 10,
+            search_batch: 1024,
+            search_lr: 0.001,
+            domain_shift: 0.0,
+            funnel: false,
             users: 2000,
             items: 1000,
             domains: 3,
@@ -48,6 +73,10 @@ impl RecsysConfig {
             ("hidden", cfg.hidden as usize),
             ("tower_hidden", cfg.tower_hidden as usize),
             ("experts", cfg.experts as usize),
+            ("task_experts", cfg.task_experts as usize),
+            ("levels", cfg.levels as usize),
+            ("search_every", cfg.search_every as usize),
+            ("search_batch", cfg.search_batch),
             ("users", cfg.users),
             ("items", cfg.items),
             ("domains", cfg.domains),
@@ -57,6 +86,9 @@ impl RecsysConfig {
             if v == 0 || v > 1 << 30 {
                 return Err(ConfigError::new(name, "must be between 1 and 2^30"));
             }
+        }
+        if !(cfg.calibration >= 0.0) || !(cfg.search_lr > 0.0) || !cfg.domain_shift.is_finite() {
+            return Err(ConfigError::new("calibration", "calibration must be >= 0, search_lr > 0 and domain_shift finite"));
         }
         Ok(cfg)
     }

@@ -4,8 +4,13 @@
 //! task 0 "click" and task 1 "conversion-like" — drawn from logistic models whose
 //! parameters the generator knows. Users and items have latent vectors; each domain
 //! scales and shifts each task differently, and the two tasks share part of their
-//! signal (the setting MMoE targets). Because the true probabilities are known,
-//! the oracle AUC bounds what any model can reach.
+//! signal (the setting MMoE targets). Two options make the data harder in the ways
+//! the other models target: `domain_shift` gives each domain its own view of the
+//! items (the affinity is u · (v + shift · R_d v), R_d a random matrix per domain),
+//! so one shared network cannot fit every domain (STAR, M3oE); `funnel` makes task
+//! 1 a conversion that needs a click (y1 = y0 · Bernoulli(q), p1 = p0 · q), as ESMM
+//! and AITM assume. Because the true probabilities are known, the oracle AUC
+//! bounds what any model can reach.
 //!
 //! Sample `i` is a pure function of (seed, i), via a counter-based hash, so any
 //! rank can produce any slice of any batch: N-rank and resumed runs see exactly
@@ -15,8 +20,10 @@ use tch::{Device, Kind, Tensor};
 
 pub const TASKS: usize = 2;
 const LATENT: usize = 8;
-/// Eval samples come from a separate index range that training never reaches.
+/// Eval samples come from a separate index range that training never reaches,
+/// and validation samples (M3oE's structure search) from another.
 const EVAL_BASE: u64 = 1 << 48;
+const VAL_BASE: u64 = 1 << 47;
 
 /// SplitMix64: the counter-based hash behind every draw.
 use kiln_worker::rng::splitmix as mix;
@@ -61,10 +68,24 @@ pub struct Generator {
     dense_w: Vec<Vec<f64>>,
     /// Per domain, per task: (scale, bias).
     domain_tb: Vec<[(f64, f64); TASKS]>,
+    /// Per domain: its view of item vectors, v + shift · R_d v (`None`: no shift).
+    domain_view: Option<Vec<[[f64; LATENT]; LATENT]>>,
+    funnel: bool,
+}
+
+/// How the generated data is made harder (both off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shape {
+    pub domain_shift: f64,
+    pub funnel: bool,
 }
 
 impl Generator {
     pub fn new(seed: u64, users: usize, items: usize, domains: usize, dense: usize) -> Self {
+        Self::with_shape(seed, users, items, domains, dense, Shape::default())
+    }
+
+    pub fn with_shape(seed: u64, users: usize, items: usize, domains: usize, dense: usize, shape: Shape) -> Self {
         let s = mix(seed ^ 0x5EED);
         let vecs = |tag: u64, n: usize| {
             (0..n)
@@ -93,7 +114,21 @@ impl Generator {
                 tb
             })
             .collect();
-        Generator { seed: s, users, items, domains, dense, user_vec, item_vec, dense_w, domain_tb }
+        let domain_view = (shape.domain_shift != 0.0).then(|| {
+            (0..domains)
+                .map(|d| {
+                    let mut m = [[0.0; LATENT]; LATENT];
+                    for (a, row) in m.iter_mut().enumerate() {
+                        for (b, x) in row.iter_mut().enumerate() {
+                            let r = normal(s, 6 << 40, (d * LATENT * LATENT + a * LATENT + b) as u64) / (LATENT as f64).sqrt();
+                            *x = if a == b { 1.0 } else { 0.0 } + shape.domain_shift * r;
+                        }
+                    }
+                    m
+                })
+                .collect()
+        });
+        Generator { seed: s, users, items, domains, dense, user_vec, item_vec, dense_w, domain_tb, domain_view, funnel: shape.funnel }
     }
 
     pub fn dense_features(&self) -> usize {
@@ -107,7 +142,17 @@ impl Generator {
         let v = (mix(s ^ mix(i.wrapping_mul(3) + 1)) % self.items as u64) as usize;
         let d = (mix(s ^ mix(i.wrapping_mul(3) + 2)) % self.domains as u64) as usize;
         let x: Vec<f64> = (0..self.dense).map(|j| normal(s, i, 1000 + j as u64)).collect();
-        let affinity: f64 = self.user_vec[u].iter().zip(&self.item_vec[v]).map(|(a, b)| a * b).sum();
+        let item: [f64; LATENT] = match &self.domain_view {
+            None => self.item_vec[v],
+            Some(views) => {
+                let mut out = [0.0; LATENT];
+                for (a, o) in out.iter_mut().enumerate() {
+                    *o = views[d][a].iter().zip(&self.item_vec[v]).map(|(m, x)| m * x).sum();
+                }
+                out
+            }
+        };
+        let affinity: f64 = self.user_vec[u].iter().zip(&item).map(|(a, b)| a * b).sum();
         let mut p = [0.0; TASKS];
         let mut y = [0.0f32; TASKS];
         let mut shared = 0.0;
@@ -120,8 +165,16 @@ impl Generator {
             if t == 0 {
                 shared = own;
             }
-            p[t] = sigmoid(logit);
-            y[t] = (uniform(s, i, 5000 + t as u64) < p[t]) as u8 as f32;
+            let draw = uniform(s, i, 5000 + t as u64);
+            if self.funnel && t > 0 {
+                // A conversion needs the step before it: p_t = p_{t-1} · q.
+                let q = sigmoid(logit);
+                p[t] = p[t - 1] * q;
+                y[t] = if y[t - 1] > 0.5 && draw < q { 1.0 } else { 0.0 };
+            } else {
+                p[t] = sigmoid(logit);
+                y[t] = (draw < p[t]) as u8 as f32;
+            }
         }
         (u, v, d, x, p, y)
     }
@@ -129,6 +182,11 @@ impl Generator {
     /// Samples `[start, start + n)` of the training stream.
     pub fn train_batch(&self, start: u64, n: usize, device: Device) -> Batch {
         self.batch(start, n, device)
+    }
+
+    /// Samples `[start, start + n)` of the validation stream (not the eval stream).
+    pub fn val_batch(&self, start: u64, n: usize, device: Device) -> Batch {
+        self.batch(VAL_BASE + start, n, device)
     }
 
     /// Samples `[start, start + n)` of the held-out stream.
@@ -189,5 +247,21 @@ mod tests {
         assert!(diff < 0.02, "label rate differs from probability by {diff}");
         let rates = Vec::<f32>::try_from(b.labels.mean_dim(0, false, Kind::Float)).unwrap();
         assert!(rates.iter().all(|&r| r > 0.05 && r < 0.7), "{rates:?}");
+    }
+
+    #[test]
+    fn a_funnel_converts_only_after_a_click_and_shifted_domains_see_items_differently() {
+        let shape = Shape { funnel: true, domain_shift: 0.0 };
+        let b = Generator::with_shape(1, 200, 100, 3, 4, shape).train_batch(0, 5000, Device::Cpu);
+        let y = Vec::<f32>::try_from(b.labels.reshape([-1])).unwrap();
+        let p = Vec::<f32>::try_from(b.truth.reshape([-1])).unwrap();
+        assert!(y.chunks(2).all(|r| r[1] <= r[0]), "no conversion without a click");
+        assert!(p.chunks(2).all(|r| r[1] <= r[0] + 1e-6), "p(convert) <= p(click)");
+        assert!(y.chunks(2).any(|r| r[1] > 0.5));
+        // Same users, items and draws; a shift changes the click probabilities.
+        let plain = Generator::new(1, 200, 100, 3, 4).train_batch(0, 500, Device::Cpu);
+        let shifted = Generator::with_shape(1, 200, 100, 3, 4, Shape { funnel: false, domain_shift: 1.0 }).train_batch(0, 500, Device::Cpu);
+        assert!(plain.user.equal(&shifted.user) && plain.domain.equal(&shifted.domain));
+        assert!((plain.truth - shifted.truth).abs().max().double_value(&[]) > 0.05);
     }
 }

@@ -1,6 +1,7 @@
 //! Multi-task, multi-domain recommender models for kiln.
 //!
-//! Owns the models (Shared-Bottom and MMoE, [`models`]), the synthetic
+//! Owns the models (Shared-Bottom, MMoE, PLE, ESMM, AITM, STAR and M3oE,
+//! [`models`]; M3oE's structure search is in the [`trainer`]), the synthetic
 //! multi-domain, multi-task CTR generator with a known ground truth ([`data`]),
 //! ranking metrics ([`metrics`]) and the trainer that implements
 //! `kiln_worker::Algorithm` ([`trainer`]). Its [`ENTRIES`] are what the `kiln`

@@ -1,45 +1,51 @@
-//! The recsys trainer: implements `kiln_worker::Algorithm` for Shared-Bottom and
-//! MMoE on the synthetic generator.
+//! The recsys trainer: implements `kiln_worker::Algorithm` for every model of
+//! [`crate::models`] on the synthetic generator, with M3oE's structure search.
 
 use crate::config::RecsysConfig;
-use crate::data::{Generator, TASKS};
+use crate::data::{Batch, Generator, Shape, TASKS};
 use crate::metrics::{auc, logloss};
+use crate::models::domain::Structure;
 use crate::models::{Arch, Dims, MultiTaskModel};
 use kiln_worker::{Algorithm, AlgorithmEntry, BuildContext, StepContext, StepOutput, WorkerError};
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
+macro_rules! entry {
+    ($name:literal, $arch:expr, $summary:literal) => {
+        AlgorithmEntry {
+            name: $name,
+            summary: $summary,
+            validate,
+            build: |v, ctx| build($name, $arch, v, ctx),
+        }
+    };
+}
+
 /// The registry entries this crate provides.
 pub const ENTRIES: &[AlgorithmEntry] = &[
-    AlgorithmEntry {
-        name: "recsys.shared-bottom",
-        summary: "Shared-Bottom multi-task CTR model (shared MLP + per-task towers) on the multi-domain generator",
-        validate,
-        build: build_shared_bottom,
-    },
-    AlgorithmEntry {
-        name: "recsys.mmoe",
-        summary: "MMoE multi-task CTR model (shared experts, per-task softmax gates) on the multi-domain generator",
-        validate,
-        build: build_mmoe,
-    },
+    entry!("recsys.shared-bottom", Arch::SharedBottom, "Shared-Bottom multi-task CTR model (shared MLP + per-task towers) on the multi-domain generator"),
+    entry!("recsys.mmoe", Arch::Mmoe, "MMoE multi-task CTR model (shared experts, per-task softmax gates) on the multi-domain generator"),
+    entry!("recsys.ple", Arch::Ple, "PLE multi-task CTR model (per-task and shared experts over stacked extraction levels)"),
+    entry!("recsys.esmm", Arch::Esmm, "ESMM: CTR and CVR networks, pCTCVR = pCTR · pCVR over the entire impression space"),
+    entry!("recsys.aitm", Arch::Aitm, "AITM: per-task bottoms with attention-based information transfer between sequential tasks and a calibrator"),
+    entry!("recsys.star", Arch::Star, "STAR multi-domain CTR model (star-topology layers, partitioned normalisation, auxiliary domain network)"),
+    entry!("recsys.m3oe", Arch::M3oe, "M3oE multi-domain multi-task model (shared / domain / task experts, two-level fusion, structure search)"),
 ];
 
 fn validate(v: &toml::Value) -> Result<(), kiln_worker::ConfigError> {
     RecsysConfig::from_value(v).map(|_| ())
 }
 
-fn build_shared_bottom(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    build("recsys.shared-bottom", Arch::SharedBottom, v, ctx)
-}
-
-fn build_mmoe(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    build("recsys.mmoe", Arch::Mmoe, v, ctx)
-}
-
 fn build(name: &'static str, arch: Arch, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     let cfg = RecsysConfig::from_value(v).map_err(|m| WorkerError::algo(name, m))?;
     Ok(Box::new(RecsysTrainer::new(name, arch, cfg, ctx)))
+}
+
+/// Adam state of the structure search (the scalars are one tensor of 4).
+struct Search {
+    m: Tensor,
+    v: Tensor,
+    steps: i64,
 }
 
 pub struct RecsysTrainer {
@@ -50,6 +56,7 @@ pub struct RecsysTrainer {
     cfg: RecsysConfig,
     global_batch: usize,
     device: Device,
+    search: Option<Search>,
 }
 
 impl RecsysTrainer {
@@ -57,7 +64,8 @@ impl RecsysTrainer {
         // Same initial weights on every rank (rank 0's are broadcast anyway).
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
-        let data = Generator::new(ctx.seed, cfg.users, cfg.items, cfg.domains, cfg.dense_features);
+        let shape = Shape { domain_shift: cfg.domain_shift, funnel: cfg.funnel };
+        let data = Generator::with_shape(ctx.seed, cfg.users, cfg.items, cfg.domains, cfg.dense_features, shape);
         let dims = Dims {
             users: cfg.users as i64,
             items: cfg.items as i64,
@@ -67,10 +75,55 @@ impl RecsysTrainer {
             hidden: cfg.hidden,
             tower_hidden: cfg.tower_hidden,
             experts: cfg.experts,
+            task_experts: cfg.task_experts,
+            levels: cfg.levels,
         };
-        let model = MultiTaskModel::new(&vs.root(), arch, dims);
-        RecsysTrainer { name, vs, model, data, cfg, global_batch: ctx.global_batch, device: ctx.device }
+        let model = MultiTaskModel::new(&vs.root(), arch, dims, cfg.calibration);
+        let search = (model.structure().is_some() && cfg.search).then(|| Search {
+            m: Tensor::zeros([4], (Kind::Float, ctx.device)),
+            v: Tensor::zeros([4], (Kind::Float, ctx.device)),
+            steps: 0,
+        });
+        RecsysTrainer { name, vs, model, data, cfg, global_batch: ctx.global_batch, device: ctx.device, search }
     }
+
+    /// The tasks' loss: the sum over tasks of each task's mean log-loss.
+    fn task_loss(logits: &Tensor, b: &Batch) -> Result<Tensor, tch::TchError> {
+        Ok(logits.f_binary_cross_entropy_with_logits::<Tensor>(&b.labels, None, None, Reduction::Mean)? * TASKS as f64)
+    }
+
+    /// One first-order (DARTS-style) step of M3oE's structure scalars on a
+    /// validation batch: the gradient of the validation loss with respect to the
+    /// scalars only, then Adam. Every rank computes the same batch and the same
+    /// update, so they need no communication; the main optimizer never sees them.
+    fn search_step(&mut self, step: u64) -> Result<Option<[f64; 4]>, WorkerError> {
+        let (Some(search), Some(s)) = (self.search.as_mut(), self.model.structure()) else { return Ok(None) };
+        if step % self.cfg.search_every != 0 {
+            return Ok(None);
+        }
+        let k = step / self.cfg.search_every;
+        let val = self.data.val_batch(k * self.cfg.search_batch as u64, self.cfg.search_batch, self.device);
+        s.live.set(true);
+        let out = self.model.forward(&val);
+        let loss = Self::task_loss(&out.logits, &val);
+        s.live.set(false);
+        let g = Tensor::f_run_backward(&[&loss?], &[&s.raw], false, false)?.remove(0);
+        let _guard = tch::no_grad_guard();
+        search.steps += 1;
+        let (b1, b2, eps) = (0.9, 0.999, 1e-8);
+        search.m = &search.m * b1 + &g * (1.0 - b1);
+        search.v = &search.v * b2 + &g * &g * (1.0 - b2);
+        let t = search.steps as f64;
+        let update = (&search.m / (1.0 - b1.powf(t))) / ((&search.v / (1.0 - b2.powf(t))).sqrt() + eps) * self.cfg.search_lr;
+        let mut raw = s.raw.shallow_clone();
+        let _ = raw.f_sub_(&update)?;
+        Ok(Some(structure_values(s)?))
+    }
+}
+
+fn structure_values(s: &Structure) -> Result<[f64; 4], tch::TchError> {
+    let v = Vec::<f32>::try_from(s.raw.detach().sigmoid().to_device(Device::Cpu))?;
+    Ok([v[0] as f64, v[1] as f64, v[2] as f64, v[3] as f64])
 }
 
 impl Algorithm for RecsysTrainer {
@@ -85,24 +138,39 @@ impl Algorithm for RecsysTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        let mut scalars = BTreeMap::new();
+        if ctx.micro_step == 0 {
+            self.search_step(ctx.step)?;
+        }
+        if let Some(s) = self.model.structure() {
+            for (name, v) in Structure::NAMES.iter().zip(structure_values(s)?) {
+                scalars.insert((*name).to_string(), v);
+            }
+        }
         let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
         let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
         let batch = self.data.train_batch(start, per, self.device);
-        let logits = self.model.forward(&batch);
-        // Sum over tasks of each task's mean log-loss.
-        let loss = logits.f_binary_cross_entropy_with_logits::<Tensor>(&batch.labels, None, None, Reduction::Mean)?
-            * TASKS as f64;
+        let out = self.model.forward(&batch);
+        let mut loss = Self::task_loss(&out.logits, &batch)?;
+        if let Some(aux) = out.aux_loss {
+            scalars.insert("calibration".into(), aux.double_value(&[]));
+            loss = loss + aux;
+        }
         loss.f_backward()?;
-        Ok(StepOutput { loss: loss.double_value(&[]), samples: per, scalars: BTreeMap::new() })
+        Ok(StepOutput { loss: loss.double_value(&[]), samples: per, scalars })
     }
 
+    /// AUC (exact: every rank's scores are gathered) and log-loss per task and
+    /// per (domain, task) cell, the generator's oracle AUC per task, and the
+    /// mean AUC over the cells.
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
         let n = self.cfg.eval_samples;
         let (lo, hi) = (n * ctx.rank / ctx.world_size, n * (ctx.rank + 1) / ctx.world_size);
         let batch = self.data.eval_batch(lo as u64, hi - lo, self.device);
-        let probs = self.model.forward(&batch).sigmoid().to_device(Device::Cpu).to_kind(Kind::Float);
-        // Each rank's [probs | labels | truth] rows, gathered in rank order.
-        let rows = Tensor::cat(&[probs, batch.labels.to_device(Device::Cpu), batch.truth.to_device(Device::Cpu)], 1).contiguous();
+        let probs = self.model.forward(&batch).logits.sigmoid().to_device(Device::Cpu).to_kind(Kind::Float);
+        // Each rank's [probs | labels | truth | domain] rows, gathered in rank order.
+        let domain = batch.domain.to_device(Device::Cpu).to_kind(Kind::Float).unsqueeze(1);
+        let rows = Tensor::cat(&[probs, batch.labels.to_device(Device::Cpu), batch.truth.to_device(Device::Cpu), domain], 1).contiguous();
         let mine: Vec<f32> = Vec::<f32>::try_from(rows.reshape([-1]))?;
         let bytes: Vec<u8> = mine.iter().flat_map(|f| f.to_le_bytes()).collect();
         let parts = ctx.comm.all_gather_bytes(&bytes)?;
@@ -110,19 +178,67 @@ impl Algorithm for RecsysTrainer {
             .iter()
             .flat_map(|p| p.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect();
-        let width = 3 * TASKS;
-        let col = |c: usize| all.chunks_exact(width).map(|r| r[c]).collect::<Vec<f32>>();
+        let width = 3 * TASKS + 1;
+        let rows: Vec<&[f32]> = all.chunks_exact(width).collect();
+        let col = |rows: &[&[f32]], c: usize| rows.iter().map(|r| r[c]).collect::<Vec<f32>>();
         let mut out = BTreeMap::new();
+        let (mut cell_sum, mut cells) = (0.0, 0usize);
         for t in 0..TASKS {
-            let (p, y, truth) = (col(t), col(TASKS + t), col(2 * TASKS + t));
+            let (p, y, truth) = (col(&rows, t), col(&rows, TASKS + t), col(&rows, 2 * TASKS + t));
             out.insert(format!("auc_task{t}"), auc(&p, &y).unwrap_or(f64::NAN));
             out.insert(format!("oracle_auc_task{t}"), auc(&truth, &y).unwrap_or(f64::NAN));
             out.insert(format!("logloss_task{t}"), logloss(&p, &y));
+            for d in 0..self.cfg.domains {
+                let mine: Vec<&[f32]> = rows.iter().copied().filter(|r| r[3 * TASKS] as usize == d).collect();
+                let (p, y) = (col(&mine, t), col(&mine, TASKS + t));
+                if let Some(a) = auc(&p, &y) {
+                    out.insert(format!("auc_d{d}_task{t}"), a);
+                    cell_sum += a;
+                    cells += 1;
+                }
+                out.insert(format!("logloss_d{d}_task{t}"), logloss(&p, &y));
+            }
+        }
+        out.insert("mean_cell_auc".into(), if cells > 0 { cell_sum / cells as f64 } else { f64::NAN });
+        if let Some(s) = self.model.structure() {
+            for (name, v) in Structure::NAMES.iter().zip(structure_values(s)?) {
+                out.insert((*name).to_string(), v);
+            }
         }
         Ok(out)
     }
 
     fn global_batch(&self) -> usize {
         self.global_batch
+    }
+
+    /// M3oE's structure scalars and their optimizer's state: a resumed run
+    /// continues the same search.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        match (self.model.structure(), &self.search) {
+            (Some(s), Some(search)) => vec![
+                ("structure".into(), s.raw.detach().copy()),
+                ("search_m".into(), search.m.copy()),
+                ("search_v".into(), search.v.copy()),
+                ("search_steps".into(), Tensor::from_slice(&[search.steps])),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        let (Some(s), Some(search)) = (self.model.structure(), self.search.as_mut()) else { return Ok(()) };
+        if state.is_empty() {
+            // A checkpoint of a run without the search: start searching from here.
+            return Ok(());
+        }
+        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+        let get = |k: &str| map.get(k).ok_or_else(|| WorkerError::algo(self.name, format!("the checkpoint's algorithm state has no {k} (written by another model?)")));
+        let _guard = tch::no_grad_guard();
+        s.raw.shallow_clone().f_copy_(&get("structure")?.to_device(self.device))?;
+        search.m = get("search_m")?.to_device(self.device);
+        search.v = get("search_v")?.to_device(self.device);
+        search.steps = get("search_steps")?.int64_value(&[0]);
+        Ok(())
     }
 }
