@@ -81,6 +81,24 @@ for k in auroc auprc_ratio epr topk_precision; do
     echo "$line |"
   done
 done
+# The four distillation losses on three small sets (the tables above use rbf).
+echo
+echo "**Distillation losses** (student AUROC / AUPRC ratio, BEELINE)"
+echo
+echo "| dataset | hard | soft | bilinear | rbf |"
+echo "|---|---|---|---|---|"
+for row in "${datasets[@]}"; do
+  IFS='|' read -r ds tpl expr pt prior truth <<< "$row"
+  case $ds in sim|dyn-LI-2000-1|GSD) ;; *) continue ;; esac
+  line="| $ds"
+  for d in hard soft bilinear rbf; do
+    name="kindle-$ds"; [ "$d" = rbf ] || name="kindle-$ds-$d"
+    s=$(spec "$name" "$tpl" "$expr" "$pt" "$prior" "$truth" "distill = \"$d\"")
+    [ -e "runs/$name/summary.json" ] || "$KILN" run "$s" > "runs/$name.log" 2>&1 || { echo "$name failed: runs/$name.log" >&2; exit 1; }
+    line+=" | $(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["final_eval"]; print("%.3f / %.2f" % (v["auroc"], v["auprc_ratio"]))' "runs/$name/summary.json")"
+  done
+  echo "$line |"
+done
 echo
 echo "| job | wall s |"
 echo "|---|---|"

@@ -14,6 +14,7 @@ mod registry;
 mod report;
 mod run;
 mod slurm_cmd;
+mod sweep_cmd;
 mod worker_cmd;
 
 use anyhow::Result;
@@ -55,6 +56,8 @@ enum Command {
     /// Benchmarks (not tests): all-reduce bandwidth, checkpoint throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run one job spec over several settings and seeds; a table of mean ± std per metric.
+    Sweep(sweep_cmd::SweepArgs),
     /// Gene regulatory networks: evaluate a ranked edge list (BEELINE's metrics), compute baselines.
     #[command(subcommand)]
     Grn(grn_cmd::GrnCommand),
@@ -127,6 +130,7 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
         }
         Command::Export(a) => export_cmd::export(a),
         Command::Grn(c) => grn_cmd::grn(c),
+        Command::Sweep(a) => sweep_cmd::sweep(a),
         Command::Bench(b) => bench::bench(b),
         Command::Slurm(c) => slurm_cmd::slurm(c),
         Command::Coordinator(a) => coord_cmd::coordinator(a),

@@ -1,7 +1,8 @@
 //! The recommender models as kiln jobs: every model trains on 2 ranks with
 //! per-(domain, task) metrics; M3oE's structure search moves its scalars (and
-//! the fixed-structure mode does not), runs the same on 1 and 2 ranks and
-//! resumes exactly; the gathered (distributed) AUC equals a single process's.
+//! the fixed-structure mode does not), runs the same on 1 and 2 ranks (with
+//! the per-cell loss) and resumes exactly; the gathered (distributed) AUC
+//! equals a single process's; `kiln sweep` tables models × seeds.
 
 mod common;
 use common::*;
@@ -21,7 +22,13 @@ fn every_model_trains_as_a_job_on_two_ranks_with_per_cell_metrics() {
     let dir = tempfile::tempdir().unwrap();
     for algo in ["recsys.ple", "recsys.esmm", "recsys.aitm", "recsys.star", "recsys.m3oe"] {
         let name = algo.replace('.', "-");
-        let s = spec(dir.path(), &Job { name: &name, steps: 6, every: 0, batch: 48, algorithm: algo, ..Job::default() }, "funnel = true\ndomain_shift = 1.0");
+        // ESMM with learned uncertainty weights, STAR with the per-cell loss.
+        let loss = match algo {
+            "recsys.esmm" => "\nloss = \"uncertainty\"",
+            "recsys.star" => "\nloss = \"cells\"\ntask_weights = [1.0, 2.0]",
+            _ => "",
+        };
+        let s = spec(dir.path(), &Job { name: &name, steps: 6, every: 0, batch: 48, algorithm: algo, ..Job::default() }, &format!("funnel = true\ndomain_shift = 1.0{loss}"));
         let out = kiln_run(dir.path(), &s, 2, &[]);
         assert!(out.status.success(), "{algo}: {}", text(&out));
         let e = final_eval(dir.path(), &name);
@@ -31,12 +38,19 @@ fn every_model_trains_as_a_job_on_two_ranks_with_per_cell_metrics() {
     }
     let rows = std::fs::read_to_string(dir.path().join("runs/recsys-aitm/metrics.jsonl")).unwrap();
     assert!(rows.contains("\"calibration\""), "AITM logs its calibrator");
+    let rows = std::fs::read_to_string(dir.path().join("runs/recsys-esmm/metrics.jsonl")).unwrap();
+    assert!(rows.contains("\"task_weight1\""), "uncertainty weighting logs its weights");
+    let bad = spec(dir.path(), &Job { name: "bad", steps: 2, every: 0, batch: 48, ..Job::default() }, "loss = \"average\"");
+    let out = kiln_run(dir.path(), &bad, 1, &[]);
+    assert!(!out.status.success() && text(&out).contains("algorithm.loss"), "{}", text(&out));
 }
 
 #[test]
 fn m3oe_searches_its_structure_the_same_on_one_and_two_ranks_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let search = "search_every = 2\nsearch_lr = 0.05\nsearch_batch = 256";
+    // The per-cell loss too: its means are over the whole step's domains, so
+    // 2 ranks must still equal 1.
+    let search = "search_every = 2\nsearch_lr = 0.05\nsearch_batch = 256\nloss = \"cells\"";
     let job = |name: &'static str, every: u64| Job { name, steps: 20, every, batch: 48, algorithm: "recsys.m3oe", optimizer: SGD, ..Job::default() };
     for (name, ranks) in [("one", 1), ("two", 2)] {
         let out = kiln_run(dir.path(), &spec(dir.path(), &job(name, 0), search), ranks, &[]);
@@ -86,4 +100,65 @@ fn the_gathered_auc_equals_a_single_process_auc_exactly() {
         assert_eq!(a[k], b[k], "{k}: 1 vs 2 ranks");
         assert_eq!(a[k], c[k], "{k}: 1 vs 3 ranks");
     }
+}
+
+#[test]
+fn a_sweep_runs_every_model_and_seed_and_tables_mean_and_std() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = spec(dir.path(), &Job { name: "sw", steps: 4, every: 0, batch: 48, ..Job::default() }, "domain_shift = 1.0");
+    let sweep = |extra: &[&str]| {
+        let mut c = kiln();
+        c.current_dir(dir.path()).arg("sweep").arg(&base).args(["--set", "algorithm.name=recsys.shared-bottom,recsys.star", "--seeds", "1,2", "--ranks", "1"]).args(extra);
+        run(&mut c)
+    };
+    let out = sweep(&["--metrics", "auc_task*,mean_cell_auc"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = std::fs::read_to_string(dir.path().join("runs/sw-sweep/sweep.md")).unwrap();
+    assert!(table.contains("| algorithm.name | auc_task0 | auc_task1 | mean_cell_auc |"), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| recsys.")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows.iter().all(|r| r.matches(" ± ").count() == 3), "{table}");
+    for run in ["sw-recsys-shared-bottom-s1", "sw-recsys-shared-bottom-s2", "sw-recsys-star-s1", "sw-recsys-star-s2"] {
+        assert!(dir.path().join("runs").join(run).join("summary.json").exists(), "{run}");
+    }
+    // Finished runs are not run again; the table is the same.
+    let again = sweep(&["--metrics", "auc_task*,mean_cell_auc"]);
+    assert!(again.status.success() && !text(&again).contains("sweep: sw-recsys"), "{}", text(&again));
+    assert_eq!(std::fs::read_to_string(dir.path().join("runs/sw-sweep/sweep.md")).unwrap(), table);
+    let bad = sweep(&["--metrics", "nope"]);
+    assert!(!bad.status.success() && text(&bad).contains("matches no metric"), "{}", text(&bad));
+}
+
+#[test]
+fn early_stopping_ends_a_run_where_its_metric_stopped_improving_even_across_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    // The oracle AUC never changes: best at the first evaluation (step 5), then
+    // two stale evaluations (10, 15) end the run at step 15 of 100.
+    let early = "eval_every = 5\n[train.early_stop]\nmetric = \"oracle_auc_task0\"\npatience = 2";
+    let job = |name: &'static str| Job { name, steps: 100, every: 5, batch: 48, extra_train: early, optimizer: SGD, ..Job::default() };
+    let plain = write_spec(dir.path(), &job("early"));
+    let out = kiln_run(dir.path(), &plain, 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/early/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["early_stop"]["best_step"], 5, "{summary}");
+    assert_eq!(summary["early_stop"]["stopped_at"], 15, "{summary}");
+    assert!(dir.path().join("store/early/ckpt/step-0000000015").exists(), "the run commits where it stopped");
+    assert!(!dir.path().join("store/early/ckpt/step-0000000020").exists());
+    // A stopped run stays stopped when resumed.
+    let out = kiln_run(dir.path(), &plain, 2, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!dir.path().join("store/early/ckpt/step-0000000020").exists(), "resuming a stopped run trains no further");
+    // Killed after step 12, resumed from 10 (one stale evaluation so far): it stops at 15 too.
+    let killed = write_spec(dir.path(), &job("early-killed"));
+    kill_then_resume(dir.path(), &killed, 2, "kill-rank:1:after-step:12");
+    assert!(dir.path().join("store/early-killed/ckpt/step-0000000015").exists() && !dir.path().join("store/early-killed/ckpt/step-0000000020").exists());
+    let d = max_diff(&params(dir.path(), "early-killed", 15), &params(dir.path(), "early", 15));
+    assert!(d <= 1e-6, "the resumed run differs by {d}");
+    // A metric the evaluation does not have is named with the ones it has.
+    let wrong = write_spec(dir.path(), &Job { name: "wrong", steps: 10, every: 0, batch: 48, extra_train: "eval_every = 5\n[train.early_stop]\nmetric = \"accuracy\"\npatience = 1", ..Job::default() });
+    let out = kiln_run(dir.path(), &wrong, 1, &[]);
+    assert!(!out.status.success() && text(&out).contains("'accuracy' is not one of the evaluation's metrics (auc_d0_task0"), "{}", text(&out));
+    let no_eval = write_spec(dir.path(), &Job { name: "noeval", steps: 10, every: 0, batch: 48, extra_train: "[train.early_stop]\nmetric = \"auc_task0\"\npatience = 1", ..Job::default() });
+    let out = kiln_run(dir.path(), &no_eval, 1, &[]);
+    assert!(!out.status.success() && text(&out).contains("set train.eval_every"), "{}", text(&out));
 }

@@ -149,6 +149,28 @@ pub struct TrainSpec {
     pub optimizer: OptimizerSpec,
     #[serde(default)]
     pub schedule: ScheduleSpec,
+    /// Stop when a validation metric stops improving.
+    #[serde(default)]
+    pub early_stop: Option<EarlyStopSpec>,
+}
+
+/// `[train.early_stop]`: training ends after `patience` evaluations in a row
+/// without `metric` improving on its best by more than `min_delta`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopSpec {
+    /// A key of the algorithm's evaluation, e.g. "mean_cell_auc".
+    pub metric: String,
+    /// "max" (higher is better) or "min".
+    #[serde(default = "max_mode")]
+    pub mode: String,
+    pub patience: u64,
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+fn max_mode() -> String {
+    "max".into()
 }
 
 fn one() -> usize {
@@ -355,6 +377,20 @@ impl JobSpec {
             }
             if !(0.0..=1.0).contains(&min_lr_ratio) {
                 return err("train.schedule.min_lr_ratio", "must be within 0..=1".into());
+            }
+        }
+        if let Some(es) = &self.train.early_stop {
+            if !["max", "min"].contains(&es.mode.as_str()) {
+                return err("train.early_stop.mode", format!("'{}' is not one of max, min", es.mode));
+            }
+            if es.patience < 1 {
+                return err("train.early_stop.patience", "must be at least 1 (evaluations without improvement)".into());
+            }
+            if !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
+                return err("train.early_stop.min_delta", "must be a non-negative number".into());
+            }
+            if self.train.eval_every == 0 {
+                return err("train.early_stop", "needs evaluations during training: set train.eval_every".into());
             }
         }
         if self.checkpoint.keep < 1 {

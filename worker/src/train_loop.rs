@@ -15,7 +15,7 @@ use crate::metrics::MetricsWriter;
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::schedule::lr_at;
 use crate::signals::StopFlag;
-use crate::spec::JobSpec;
+use crate::spec::{EarlyStopSpec, JobSpec};
 use kiln_cluster::checkpoint::{local_run_dir, decode_tensors, encode_tensors_into, reclaim, CheckpointStore, PendingSave, SaveMeta, Shard};
 use kiln_cluster::ddp::{broadcast_parameters, define_grad, GradSync};
 use kiln_cluster::{Communicator, ReduceOp};
@@ -80,8 +80,47 @@ fn step_seed(seed: u64, step: u64, rank: usize) -> i64 {
 /// The shard holding [`Algorithm::state`], present only when it is non-empty.
 const ALGORITHM_SHARD: &str = "algorithm.safetensors";
 
+/// Where early stopping stands. It rides in every checkpoint's `state.json`,
+/// so a resumed run stops where an uninterrupted one would (and a run that
+/// has stopped stays stopped).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct EarlyStop {
+    best: Option<f64>,
+    best_step: u64,
+    /// Evaluations in a row without improvement.
+    stale: u64,
+    /// The step training ended at, once it has.
+    stopped_at: Option<u64>,
+}
+
+impl EarlyStop {
+    /// Takes the evaluation after `done` steps; true when training must end.
+    fn update(&mut self, spec: &EarlyStopSpec, eval: &BTreeMap<String, f64>, done: u64) -> Result<bool, WorkerError> {
+        let Some(&v) = eval.get(&spec.metric) else {
+            let known: Vec<&str> = eval.keys().map(String::as_str).collect();
+            return Err(WorkerError::Spec(format!("train.early_stop.metric '{}' is not one of the evaluation's metrics ({})", spec.metric, known.join(", "))));
+        };
+        let better = match self.best {
+            _ if !v.is_finite() => false,
+            None => true,
+            Some(b) if spec.mode == "min" => v < b - spec.min_delta,
+            Some(b) => v > b + spec.min_delta,
+        };
+        if better {
+            (self.best, self.best_step, self.stale) = (Some(v), done, 0);
+        } else {
+            self.stale += 1;
+        }
+        if self.stale >= spec.patience {
+            self.stopped_at = Some(done);
+        }
+        Ok(self.stopped_at.is_some())
+    }
+}
+
 struct Checkpointer<'a> {
     store: CheckpointStore,
+    early_stop: EarlyStop,
     spec: &'a JobSpec,
     world: usize,
     pending: Option<PendingSave>,
@@ -103,7 +142,7 @@ impl Checkpointer<'_> {
             return Ok(());
         }
         self.finish()?;
-        let state = json!({ "step": step, "seed": self.spec.train.seed, "world_size": self.world, "samples_seen": step * self.spec.train.global_batch as u64 });
+        let state = json!({ "step": step, "seed": self.spec.train.seed, "world_size": self.world, "samples_seen": step * self.spec.train.global_batch as u64, "early_stop": self.early_stop });
         let mut spare = std::mem::take(&mut self.spare).into_iter();
         let mut shards = vec![
             Shard { name: "model.safetensors".into(), data: encode_tensors_into(params, spare.next().unwrap_or_default())? },
@@ -162,7 +201,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect());
 
     // Resume point, agreed by all ranks.
-    let (start, corrupt) = resume_point(comm, &store, spec, cfg.resume, &named, &mut opt, algo)?;
+    let (start, corrupt, early_stop) = resume_point(comm, &store, spec, cfg.resume, &named, &mut opt, algo)?;
     // Once every rank has read its resume point, corrupt newer commits are set aside
     // (kept as COMMIT.corrupt) so this run can commit those steps again.
     comm.barrier()?;
@@ -171,7 +210,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
             store.quarantine(step)?;
         }
     }
-    let mut ckpt = Checkpointer { store, spec, world, pending: None, last_saved: Some(start).filter(|&s| s > 0), spare: Vec::new() };
+    // A run that stopped early ends where it stopped, whatever train.steps says.
+    let total = early_stop.stopped_at.unwrap_or(total);
+    let mut ckpt = Checkpointer { store, early_stop, spec, world, pending: None, last_saved: Some(start).filter(|&s| s > 0), spare: Vec::new() };
     metrics.event(json!({ "event": "start", "steps": total, "start_step": start, "world": world, "backend": comm.backend() }));
     tracing::info!(start_step = start, total, world, "training");
 
@@ -197,6 +238,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         comm,
     };
 
+    let mut stopped_early: Option<u64> = None;
     for step in start..total {
         let step_start = Instant::now();
         if let Some(h) = heartbeat.as_mut() {
@@ -268,6 +310,16 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
 
         if (spec.train.eval_every > 0 && done % spec.train.eval_every == 0) || done == total {
             last_eval = evaluate(algo, &ctx_at(step, 0), &mut metrics, done)?;
+            // Every rank sees the same evaluation, so they all stop together.
+            if let Some(es) = &spec.train.early_stop {
+                if ckpt.early_stop.update(es, &last_eval, done)? && done < total {
+                    let e = &ckpt.early_stop;
+                    tracing::info!(step = done, best_step = e.best_step, "early stop: {} has not improved for {} evaluations", es.metric, es.patience);
+                    metrics.event(json!({ "event": "early_stop", "step": done, "metric": es.metric, "best": e.best, "best_step": e.best_step }));
+                    stopped_early = Some(done);
+                    break;
+                }
+            }
         }
 
         if spec.checkpoint.every > 0 && done % spec.checkpoint.every == 0 && done < total {
@@ -288,6 +340,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
     }
 
+    let total = stopped_early.unwrap_or(total);
     if last_eval.is_empty() {
         // Resumed at the very end (e.g. a requeue after the final commit): evaluate
         // once so the summary is complete.
@@ -296,7 +349,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     ckpt.save(me, total, &named, &opt, &*algo, true)?;
     comm.barrier()?;
     if me == 0 {
-        write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s())?;
+        write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s(), &ckpt.early_stop)?;
         publish_artifacts(&ckpt.store, cfg)?;
     }
     metrics.event(json!({ "event": "done", "step": total }));
@@ -365,7 +418,7 @@ fn restore(
     named: &[(String, Tensor)],
     opt: &mut Optimizer,
     algo: &mut dyn Algorithm,
-) -> Result<(), WorkerError> {
+) -> Result<EarlyStop, WorkerError> {
     let bad = |reason: String| WorkerError::BadCheckpoint { step, reason };
     load_parameters(step, shards, named)?;
     let optim = shards.get("optimizer.safetensors").ok_or_else(|| bad("no optimizer shard".into()))?;
@@ -375,8 +428,14 @@ fn restore(
         None => Vec::new(),
     };
     algo.load_state(state)?;
+    // Commits written before early stopping existed have no such entry.
+    let early = shards
+        .get("state.json")
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| serde_json::from_value::<EarlyStop>(v.get("early_stop")?.clone()).ok())
+        .unwrap_or_default();
     tracing::info!(step, "resumed");
-    Ok(())
+    Ok(early)
 }
 
 /// Copies a checkpoint's model shard into `named`, by name and shape.
@@ -407,7 +466,7 @@ fn resume_point(
     named: &[(String, Tensor)],
     opt: &mut Optimizer,
     algo: &mut dyn Algorithm,
-) -> Result<(u64, Vec<u64>), WorkerError> {
+) -> Result<(u64, Vec<u64>, EarlyStop), WorkerError> {
     let me = comm.rank();
     let choice = if me == 0 { choose_start(store, spec, mode, comm.world_size()) } else { Ok((None, vec![])) };
     let (chosen, corrupt) = agree(comm, choice)?;
@@ -415,15 +474,15 @@ fn resume_point(
     comm.broadcast(&mut t, 0)?;
     let step = t.int64_value(&[0]);
     if step < 0 {
-        return Ok((0, corrupt));
+        return Ok((0, corrupt, EarlyStop::default()));
     }
     let step = step as u64;
     let local = match chosen {
         Some((_, shards)) => restore(step, &shards, named, opt, algo),
         None => store.load_step(step).map_err(WorkerError::from).and_then(|(_, shards)| restore(step, &shards, named, opt, algo)),
     };
-    agree(comm, local)?;
-    Ok((step, corrupt))
+    let early = agree(comm, local)?;
+    Ok((step, corrupt, early))
 }
 
 /// Copies the run's metrics and summary next to its checkpoints when the store is
@@ -442,8 +501,8 @@ fn publish_artifacts(store: &CheckpointStore, cfg: &RunConfig) -> Result<(), Wor
     Ok(())
 }
 
-fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<String, f64>, wall_s: f64) -> Result<(), WorkerError> {
-    let summary = json!({
+fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<String, f64>, wall_s: f64, early: &EarlyStop) -> Result<(), WorkerError> {
+    let mut summary = json!({
         "name": spec.name,
         "algorithm": spec.algorithm_name(),
         "world_size": world,
@@ -452,6 +511,9 @@ fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<
         "wall_s": wall_s,
         "final_eval": eval,
     });
+    if let Some(es) = &spec.train.early_stop {
+        summary["early_stop"] = json!({ "metric": es.metric, "best": early.best, "best_step": early.best_step, "stopped_at": early.stopped_at });
+    }
     let path = cfg.run_dir.join("summary.json");
     let body = serde_json::to_string_pretty(&summary).unwrap_or_default();
     std::fs::write(&path, body).map_err(|source| WorkerError::Io { path: path.display().to_string(), source })

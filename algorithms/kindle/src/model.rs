@@ -54,6 +54,10 @@ pub struct ModelConfig {
     /// A learned "hidden value" embedding, for training with genes masked
     /// out of the input (see `kindle.*`'s `input_mask`).
     pub masking: bool,
+    /// Read only each input's sign (above, at or below the gene's mean once
+    /// z-scored): a binarised view of expression that dropout and count noise
+    /// disturb less.
+    pub binarize: bool,
 }
 
 struct Attention {
@@ -209,6 +213,7 @@ impl Model {
         let (b, t, m) = (x.size()[0], x.size()[1], x.size()[2]);
         let d = self.cfg.d_model;
         let dev = x.device();
+        let x = if self.cfg.binarize { x.sign() } else { x.shallow_clone() };
         let mut e = x.unsqueeze(-1) * &self.embed_w + &self.embed_b;
         if let (Some(h), Some(me)) = (hidden, &self.mask_embed) {
             e = e.where_self(&h.view([b, 1, m, 1]).logical_not(), &me.view([1, 1, 1, d]).expand_as(&e));
@@ -316,7 +321,7 @@ mod tests {
     use super::*;
 
     fn cfg(temporal: bool, mask: PriorMask) -> ModelConfig {
-        ModelConfig { genes: 5, window: 4, horizon: 2, d_model: 8, d_ff: 16, heads: 2, layers: 2, temporal, mask, gene_identity: true, masking: true }
+        ModelConfig { genes: 5, window: 4, horizon: 2, d_model: 8, d_ff: 16, heads: 2, layers: 2, temporal, mask, gene_identity: true, masking: true, binarize: false }
     }
 
     fn prior() -> Vec<Vec<bool>> {

@@ -109,6 +109,9 @@ pub struct KindleConfig {
     /// `kindle` (both stages in one job): the teacher's share of
     /// `train.steps`; the student trains for the rest.
     pub teacher_steps: Option<u64>,
+    /// Both models read only the sign of each (normalised) input value.
+    #[serde(default)]
+    pub binarize: bool,
 }
 
 fn default_select() -> String {
@@ -221,6 +224,7 @@ impl KindleConfig {
             mask: if teacher { self.mask().unwrap_or(PriorMask::Hard) } else { PriorMask::None },
             gene_identity: self.gene_identity,
             masking: !teacher && self.input_mask > 0.0,
+            binarize: self.binarize,
         }
     }
 }

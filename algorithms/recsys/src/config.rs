@@ -26,6 +26,12 @@ pub struct RecsysConfig {
     pub search_every: u64,
     pub search_batch: usize,
     pub search_lr: f64,
+    /// The loss: "tasks" (Σ over tasks of each task's mean log-loss), "cells"
+    /// (Σ over (domain, task) cells of each cell's mean, as M3oE trains) or
+    /// "uncertainty" (tasks weighted by learned uncertainties, Kendall et al.).
+    pub loss: String,
+    /// Fixed weights per task for "tasks" and "cells" (default: all 1).
+    pub task_weights: Option<Vec<f64>>,
     /// Generator: each domain's own view of items (0: none), and a click →
     /// conversion funnel for task 1.
     pub domain_shift: f64,
@@ -55,6 +61,8 @@ impl Default for RecsysConfig {
             search_lr: 0.001,
             domain_shift: 0.0,
             funnel: false,
+            loss: "tasks".into(),
+            task_weights: None,
             users: 2000,
             items: 1000,
             domains: 3,
@@ -85,6 +93,17 @@ impl RecsysConfig {
         for (name, v) in positive {
             if v == 0 || v > 1 << 30 {
                 return Err(ConfigError::new(name, "must be between 1 and 2^30"));
+            }
+        }
+        if !["tasks", "cells", "uncertainty"].contains(&cfg.loss.as_str()) {
+            return Err(ConfigError::new("loss", format!("'{}' is not one of tasks, cells, uncertainty", cfg.loss)));
+        }
+        if let Some(w) = &cfg.task_weights {
+            if w.len() != crate::data::TASKS || w.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+                return Err(ConfigError::new("task_weights", format!("needs {} non-negative numbers, one per task", crate::data::TASKS)));
+            }
+            if cfg.loss == "uncertainty" {
+                return Err(ConfigError::new("task_weights", "uncertainty weighting learns the weights; leave task_weights out"));
             }
         }
         if !(cfg.calibration >= 0.0) || !(cfg.search_lr > 0.0) || !cfg.domain_shift.is_finite() {

@@ -179,6 +179,12 @@ impl Generator {
         (u, v, d, x, p, y)
     }
 
+    /// The domains of training samples `[start, start + n)`, without the rest
+    /// of the samples (for losses normalised over a whole step's domains).
+    pub fn train_domains(&self, start: u64, n: usize) -> Vec<usize> {
+        (start..start + n as u64).map(|i| (mix(self.seed ^ mix(i.wrapping_mul(3) + 2)) % self.domains as u64) as usize).collect()
+    }
+
     /// Samples `[start, start + n)` of the training stream.
     pub fn train_batch(&self, start: u64, n: usize, device: Device) -> Batch {
         self.batch(start, n, device)
@@ -231,6 +237,8 @@ mod tests {
         let g = Generator::new(7, 100, 50, 3, 4);
         let a = g.train_batch(1000, 16, Device::Cpu);
         let b = g.train_batch(1008, 8, Device::Cpu);
+        let domains: Vec<i64> = g.train_domains(1000, 16).into_iter().map(|d| d as i64).collect();
+        assert_eq!(Vec::<i64>::try_from(&a.domain).unwrap(), domains, "train_domains agrees with the samples");
         assert!(a.labels.narrow(0, 8, 8).equal(&b.labels));
         assert!(a.dense.narrow(0, 8, 8).equal(&b.dense));
         let other = Generator::new(8, 100, 50, 3, 4).train_batch(1000, 16, Device::Cpu);

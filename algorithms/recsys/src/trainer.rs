@@ -48,8 +48,19 @@ struct Search {
     steps: i64,
 }
 
+/// How the per-sample, per-task log-losses make the loss.
+enum LossKind {
+    /// Σ_t w_t · (task t's mean log-loss).
+    Tasks(Vec<f64>),
+    /// Σ_{d,t} w_t · (the mean log-loss of task t over domain d's samples).
+    Cells(Vec<f64>),
+    /// Σ_t ½ · exp(−s_t) · L_t + ½ · s_t, s_t a learned log-variance per task.
+    Uncertainty(Tensor),
+}
+
 pub struct RecsysTrainer {
     name: &'static str,
+    loss: LossKind,
     vs: nn::VarStore,
     model: MultiTaskModel,
     data: Generator,
@@ -79,12 +90,18 @@ impl RecsysTrainer {
             levels: cfg.levels,
         };
         let model = MultiTaskModel::new(&vs.root(), arch, dims, cfg.calibration);
+        let weights = cfg.task_weights.clone().unwrap_or_else(|| vec![1.0; TASKS]);
+        let loss = match cfg.loss.as_str() {
+            "cells" => LossKind::Cells(weights),
+            "uncertainty" => LossKind::Uncertainty(vs.root().sub("loss").var("log_var", &[TASKS as i64], nn::Init::Const(0.0))),
+            _ => LossKind::Tasks(weights),
+        };
         let search = (model.structure().is_some() && cfg.search).then(|| Search {
             m: Tensor::zeros([4], (Kind::Float, ctx.device)),
             v: Tensor::zeros([4], (Kind::Float, ctx.device)),
             steps: 0,
         });
-        RecsysTrainer { name, vs, model, data, cfg, global_batch: ctx.global_batch, device: ctx.device, search }
+        RecsysTrainer { name, loss, vs, model, data, cfg, global_batch: ctx.global_batch, device: ctx.device, search }
     }
 
     /// The tasks' loss: the sum over tasks of each task's mean log-loss.
@@ -151,7 +168,29 @@ impl Algorithm for RecsysTrainer {
         let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
         let batch = self.data.train_batch(start, per, self.device);
         let out = self.model.forward(&batch);
-        let mut loss = Self::task_loss(&out.logits, &batch)?;
+        let per_sample = out.logits.f_binary_cross_entropy_with_logits::<Tensor>(&batch.labels, None, None, Reduction::None)?; // [n, T]
+        let mut loss = match &self.loss {
+            LossKind::Tasks(w) => (per_sample.mean_dim(0, false, Kind::Float) * Tensor::from_slice(w).to_kind(Kind::Float).to_device(self.device)).sum(Kind::Float),
+            LossKind::Cells(w) => {
+                // Each cell's mean is over the whole step's samples of its domain
+                // (counted from the generator), so N ranks compute what one would.
+                let mut counts = vec![0usize; self.cfg.domains];
+                for d in self.data.train_domains(ctx.step * self.global_batch as u64, self.global_batch) {
+                    counts[d] += 1;
+                }
+                let parts = (ctx.world_size * ctx.micro_steps) as f64;
+                let inv: Vec<f32> = counts.iter().map(|&c| if c > 0 { (parts / c as f64) as f32 } else { 0.0 }).collect();
+                let per_row = Tensor::from_slice(&inv).to_device(self.device).index_select(0, &batch.domain).unsqueeze(1);
+                (per_sample * per_row * Tensor::from_slice(w).to_kind(Kind::Float).to_device(self.device)).sum(Kind::Float)
+            }
+            LossKind::Uncertainty(log_var) => {
+                let l = per_sample.mean_dim(0, false, Kind::Float);
+                for t in 0..TASKS {
+                    scalars.insert(format!("task_weight{t}"), (-log_var.get(t as i64)).exp().double_value(&[]));
+                }
+                ((l * (-log_var).exp() + log_var) * 0.5).sum(Kind::Float)
+            }
+        };
         if let Some(aux) = out.aux_loss {
             scalars.insert("calibration".into(), aux.double_value(&[]));
             loss = loss + aux;
