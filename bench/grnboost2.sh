@@ -29,10 +29,13 @@ row() { # name expression truth universe [tfs]
 }
 echo "| dataset | GRNBoost2 AUROC / AUPRC ratio / EPR | time | Pearson (kiln) | time |"
 echo "|---|---|---:|---|---:|"
-for net in LI CY LL BF BFC TF; do
-  d="$data/synthetic/dyn-$net-2000-1"
-  row "dyn-$net-2000-1" "$d/ExpressionData.csv" "$d/refNetwork.csv" all
+for cells in 2000 500; do
+  for net in LI CY LL BF BFC TF; do
+    d="$data/synthetic/dyn-$net-$cells-1"
+    row "dyn-$net-$cells-1" "$d/ExpressionData.csv" "$d/refNetwork.csv" all
+  done
 done
+row "GSD (ex1)" "$data/example-GSD/ex1/ExpressionData.csv" "$data/example-GSD/GroundTruthNetwork.csv" all
 m="$data/mESC/500nTF"
 for gt in ChIP-Seq NonSpecific STRING; do
   row "mESC 500 ($gt, TF-sourced)" "$m/mESC_500nTF_$gt-ExpressionData.csv" "$m/mESC_500nTF_$gt-network.csv" tf
