@@ -97,6 +97,7 @@ pub fn sweep(a: SweepArgs) -> Result<i32> {
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     // (variant index, seed) → final_eval
     let mut results: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); variants.len()];
+    let mut names = std::collections::HashSet::new();
     for (i, variant) in variants.iter().enumerate() {
         for &seed in &a.seeds {
             let mut spec = base.clone();
@@ -104,16 +105,32 @@ pub fn sweep(a: SweepArgs) -> Result<i32> {
                 set_path(&mut spec, k, v.clone())?;
             }
             set_path(&mut spec, "train.seed", toml::Value::Integer(seed as i64))?;
-            let tag: String = variant.iter().map(|(_, v)| label(v).replace(['.', '/', ' '], "-")).collect::<Vec<_>>().join("-");
-            let run_name = if tag.is_empty() { format!("{name}-s{seed}") } else { format!("{name}-{tag}-s{seed}") };
+            let run_name = run_name(&name, variant, seed);
+            if !names.insert(run_name.clone()) {
+                bail!("two variants of the sweep map to the run name {run_name}; make their values differ in more than punctuation");
+            }
             spec.insert("name".into(), toml::Value::String(run_name.clone()));
             let path = out.join("specs").join(format!("{run_name}.toml"));
-            std::fs::write(&path, toml::to_string(&spec)?).with_context(|| format!("writing {}", path.display()))?;
+            let text = toml::to_string(&spec)?;
             let summary = PathBuf::from("runs").join(&run_name).join("summary.json");
+            // A finished run is reused only if it was made from this very spec.
+            if summary.exists() && std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                bail!(
+                    "runs/{run_name} was made from a different spec than this sweep now derives ({}); remove runs/{run_name} and its checkpoints, or give the sweep another --out and name",
+                    path.display()
+                );
+            }
+            std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
             if !summary.exists() {
                 eprintln!("sweep: {run_name}");
                 let mut c = Command::new(&exe);
                 c.arg("run").arg(&path);
+                // An interrupted run (committed, no summary) continues.
+                let (job, _) = crate::registry::load_spec(&path)?;
+                let store = kiln_cluster::checkpoint::CheckpointStore::open(&job.checkpoint.store, &job.name).with_context(|| format!("opening {}'s checkpoint store", job.name))?;
+                if !store.committed_steps().with_context(|| format!("listing {}'s checkpoints", job.name))?.is_empty() {
+                    c.arg("--resume");
+                }
                 if let Some(r) = a.ranks {
                     c.arg("--ranks").arg(r.to_string());
                 }
@@ -165,6 +182,22 @@ pub fn sweep(a: SweepArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `<name>-<values>-s<seed>`: values kept to letters, digits, `_` and `-`
+/// (a run name is a path component), a long tag shortened with a hash of it.
+fn run_name(name: &str, variant: &Variant, seed: u64) -> String {
+    let raw: Vec<String> = variant.iter().map(|(_, v)| label(v)).collect();
+    let mut tag: String = raw.join("-").chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).collect();
+    if tag.len() > 60 {
+        let h = raw.join("\u{1f}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        tag = format!("{}-{h:08x}", &tag[..40]);
+    }
+    if tag.is_empty() {
+        format!("{name}-s{seed}")
+    } else {
+        format!("{name}-{tag}-s{seed}")
+    }
+}
+
 fn final_eval(summary: &Path) -> Result<BTreeMap<String, f64>> {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary).with_context(|| format!("reading {}", summary.display()))?)
         .with_context(|| format!("{}: not JSON", summary.display()))?;
@@ -194,6 +227,11 @@ mod tests {
         assert_eq!(t["algorithm"]["name"].as_str(), Some("x"));
         assert!(set_path(&mut t, "train.steps.x", toml::Value::Integer(1)).is_err());
         assert!(wanted("auc_d0_task1", &["auc_d*".into()]) && !wanted("logloss", &["auc*".into()]));
+        let v = |x: &str| vec![("k".to_string(), toml::Value::String(x.into()))];
+        assert_eq!(run_name("sw", &v("recsys.mmoe"), 2), "sw-recsys-mmoe-s2");
+        assert_eq!(run_name("sw", &v("a/b:c d"), 1), "sw-a-b-c-d-s1");
+        let long = run_name("sw", &v(&"x".repeat(100)), 1);
+        assert!(long.len() < 70 && long != run_name("sw", &v(&"x".repeat(101)), 1), "{long}");
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
         assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
     }

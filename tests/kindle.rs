@@ -198,6 +198,7 @@ fn kindle_jobs_refuse_bad_settings_before_training() {
     refused("nosplit", "kindle", "", "a kindle job needs teacher_steps");
     refused("split", "kindle", "teacher_steps = 2", "teacher_steps (2) must be at least 1 and below train.steps (2)");
     refused("stage", "kindle.teacher", "teacher_steps = 1", "teacher_steps is for `kindle` jobs");
+    refused("hide", "kindle", "teacher_steps = 1\ninput_mask = 0.001", "algorithm.input_mask");
     std::fs::write(dir.path().join("other.csv"), "Gene1,Gene2\ng1,g2\n").unwrap();
     let spec = job(dir.path(), "prior", "kindle.teacher", 2, 0, "");
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("sim/prior.csv", "other.csv")).unwrap();

@@ -139,6 +139,10 @@ fn a_sweep_runs_every_model_and_seed_and_tables_mean_and_std() {
     assert_eq!(std::fs::read_to_string(dir.path().join("runs/sw-sweep/sweep.md")).unwrap(), table);
     let bad = sweep(&["--metrics", "nope"]);
     assert!(!bad.status.success() && text(&bad).contains("matches no metric"), "{}", text(&bad));
+    // An edited base spec does not silently reuse runs made from the old one.
+    std::fs::write(&base, std::fs::read_to_string(&base).unwrap().replace("steps = 4", "steps = 5")).unwrap();
+    let stale = sweep(&[]);
+    assert!(!stale.status.success() && text(&stale).contains("was made from a different spec"), "{}", text(&stale));
 }
 
 #[test]

@@ -94,9 +94,14 @@ struct EarlyStop {
 }
 
 impl EarlyStop {
-    /// Takes the evaluation after `done` steps; true when training must end.
-    fn update(&mut self, spec: &EarlyStopSpec, eval: &BTreeMap<String, f64>, done: u64) -> Result<bool, WorkerError> {
+    /// Takes the evaluation after `done` of `total` steps; true when training
+    /// must end. An evaluation without the metric does not count (a staged
+    /// algorithm may report it only in a later stage); the last one must have it.
+    fn update(&mut self, spec: &EarlyStopSpec, eval: &BTreeMap<String, f64>, done: u64, total: u64) -> Result<bool, WorkerError> {
         let Some(&v) = eval.get(&spec.metric) else {
+            if done < total {
+                return Ok(false);
+            }
             let known: Vec<&str> = eval.keys().map(String::as_str).collect();
             return Err(WorkerError::Spec(format!("train.early_stop.metric '{}' is not one of the evaluation's metrics ({})", spec.metric, known.join(", "))));
         };
@@ -111,7 +116,8 @@ impl EarlyStop {
         } else {
             self.stale += 1;
         }
-        if self.stale >= spec.patience {
+        // Running out of patience at the last step is simply the end.
+        if self.stale >= spec.patience && done < total {
             self.stopped_at = Some(done);
         }
         Ok(self.stopped_at.is_some())
@@ -211,7 +217,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
     }
     // A run that stopped early ends where it stopped, whatever train.steps says.
-    let total = early_stop.stopped_at.unwrap_or(total);
+    let total = if spec.train.early_stop.is_some() { early_stop.stopped_at.unwrap_or(total) } else { total };
     let mut ckpt = Checkpointer { store, early_stop, spec, world, pending: None, last_saved: Some(start).filter(|&s| s > 0), spare: Vec::new() };
     metrics.event(json!({ "event": "start", "steps": total, "start_step": start, "world": world, "backend": comm.backend() }));
     tracing::info!(start_step = start, total, world, "training");
@@ -312,7 +318,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
             last_eval = evaluate(algo, &ctx_at(step, 0), &mut metrics, done)?;
             // Every rank sees the same evaluation, so they all stop together.
             if let Some(es) = &spec.train.early_stop {
-                if ckpt.early_stop.update(es, &last_eval, done)? && done < total {
+                if ckpt.early_stop.update(es, &last_eval, done, total)? {
                     let e = &ckpt.early_stop;
                     tracing::info!(step = done, best_step = e.best_step, "early stop: {} has not improved for {} evaluations", es.metric, es.patience);
                     metrics.event(json!({ "event": "early_stop", "step": done, "metric": es.metric, "best": e.best, "best_step": e.best_step }));

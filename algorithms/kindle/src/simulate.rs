@@ -121,8 +121,8 @@ impl SimSettings {
         if self.max_regulators == 0 {
             return bad("max_regulators", "must be at least 1");
         }
-        if !(0.0..=1.0).contains(&self.repression) || !(0.0..=1.0).contains(&self.prior_drop) || self.prior_add < 0.0 {
-            return bad("repression", "repression and prior_drop must be in [0, 1], prior_add >= 0");
+        if !(0.0..=1.0).contains(&self.repression) || !(0.0..=1.0).contains(&self.prior_drop) || !(0.0..=10.0).contains(&self.prior_add) {
+            return bad("repression", "repression and prior_drop must be in [0, 1], prior_add in [0, 10]");
         }
         if self.hill <= 0.0 || self.decay <= 0.0 || self.noise < 0.0 || self.dt <= 0.0 || self.duration <= 0.0 {
             return bad("hill", "hill, decay, dt and duration must be positive, noise >= 0");
@@ -372,8 +372,8 @@ fn technical_noise(values: &mut [f32], genes: usize, cells: usize, t: &Technical
 /// and `add` × |reference| false edges among `genes` added, unsigned; seeded.
 /// A teacher given it starts from part of the answer, so a report must say so.
 pub fn prior_from_truth(truth: &Network, genes: &[String], drop: f64, add: f64, seed: u64) -> Result<Network, String> {
-    if !(0.0..=1.0).contains(&drop) || add < 0.0 {
-        return Err(format!("drop must be in [0, 1] and add >= 0 (got {drop} and {add})"));
+    if !(0.0..=1.0).contains(&drop) || !(0.0..=10.0).contains(&add) {
+        return Err(format!("drop must be in [0, 1] and add in [0, 10] (got {drop} and {add})"));
     }
     if genes.len() < 2 {
         return Err("a prior needs at least 2 genes".into());

@@ -172,6 +172,9 @@ impl KindleConfig {
         if !["all", "tf"].contains(&c.universe.as_str()) {
             return Err(ConfigError::new("universe", format!("'{}' is not one of all, tf", c.universe)));
         }
+        if !(c.input_mask == 0.0 || (0.01..1.0).contains(&c.input_mask)) {
+            return Err(ConfigError::new("input_mask", "must be 0 (off) or at least 0.01 and below 1 (the share of genes hidden)"));
+        }
         if !(0.0..=1.0).contains(&c.alpha) {
             return Err(ConfigError::new("alpha", "must be in [0, 1]"));
         }
@@ -358,7 +361,9 @@ fn load_into(model: &Model, path: &Path) -> Result<(), String> {
         return Err(format!("{}: holds {extra}, which this teacher has not (same layers and settings as the teacher's job?)", path.display()));
     }
     for (name, p) in wanted {
-        let t = saved.get(&name).ok_or_else(|| format!("{}: no tensor {name} (is it a teacher checkpoint of this dataset and model size?)", path.display()))?;
+        let t = saved.get(&name).ok_or_else(|| {
+            format!("{}: no tensor {name} (is it a teacher checkpoint of this dataset and model size? teachers saved before gene_identity existed need gene_identity = false)", path.display())
+        })?;
         if t.size() != p.size() {
             return Err(format!("{}: {name} has shape {:?}, this teacher needs {:?} (same genes, window, horizon and model size?)", path.display(), t.size(), p.size()));
         }

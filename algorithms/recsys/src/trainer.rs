@@ -274,10 +274,17 @@ impl Algorithm for RecsysTrainer {
         let map: BTreeMap<String, Tensor> = state.into_iter().collect();
         let get = |k: &str| map.get(k).ok_or_else(|| WorkerError::algo(self.name, format!("the checkpoint's algorithm state has no {k} (written by another model?)")));
         let _guard = tch::no_grad_guard();
-        s.raw.shallow_clone().f_copy_(&get("structure")?.to_device(self.device))?;
-        search.m = get("search_m")?.to_device(self.device);
-        search.v = get("search_v")?.to_device(self.device);
-        search.steps = get("search_steps")?.int64_value(&[0]);
+        let four = |k: &str| -> Result<Tensor, WorkerError> {
+            let t = get(k)?;
+            if t.size() != [4] {
+                return Err(WorkerError::algo(self.name, format!("the checkpoint's {k} has shape {:?}, expected [4]", t.size())));
+            }
+            Ok(t.to_kind(Kind::Float).to_device(self.device))
+        };
+        s.raw.shallow_clone().f_copy_(&four("structure")?)?;
+        search.m = four("search_m")?;
+        search.v = four("search_v")?;
+        search.steps = get("search_steps")?.f_int64_value(&[0])?;
         Ok(())
     }
 }
