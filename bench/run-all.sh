@@ -53,3 +53,6 @@ else
   echo "(no SLURM cluster answers: kiln only; start one with scripts/slurm-cluster.sh start)"
   $KILN bench submit --jobs 1000 --clients 8 | tee "$OUT/submit.txt"
 fi
+
+echo "== recommender training: kiln vs PyTorch DDP (gloo), MMoE and M3oE, 1 and 2 ranks"
+bash bench/recsys.sh | tee "$OUT/recsys.txt"
