@@ -188,7 +188,7 @@ fn run_name(name: &str, variant: &Variant, seed: u64) -> String {
     let raw: Vec<String> = variant.iter().map(|(_, v)| label(v)).collect();
     let mut tag: String = raw.join("-").chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).collect();
     if tag.len() > 60 {
-        let h = raw.join("\u{1f}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let h = kiln_worker::rng::fnv1a(raw.join("\u{1f}").as_bytes());
         tag = format!("{}-{h:08x}", &tag[..40]);
     }
     if tag.is_empty() {

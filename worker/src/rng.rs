@@ -16,6 +16,12 @@ pub fn unit(bits: u64) -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// 64-bit FNV-1a of a byte string: a stable hash (the same on every run and
+/// platform) for keying draws or names by text.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 /// 0..n in the order of a Fisher–Yates shuffle driven by SplitMix64 of
 /// (seed, epoch): a fresh, reproducible order for each pass over a data set.
 pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
@@ -31,6 +37,13 @@ pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
 
     #[test]
     fn splitmix_matches_the_reference_sequence_and_unit_is_in_range() {

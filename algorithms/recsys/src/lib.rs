@@ -1,6 +1,7 @@
 //! Multi-task, multi-domain recommender models for kiln.
 //!
-//! Owns the models (Shared-Bottom, MMoE, PLE, ESMM, AITM, STAR and M3oE,
+//! Owns the tabular loader for users' own logs ([`table`]; not yet wired to
+//! the models), the models (Shared-Bottom, MMoE, PLE, ESMM, AITM, STAR and M3oE,
 //! [`models`]; M3oE's structure search is in the [`trainer`]), the synthetic
 //! multi-domain, multi-task CTR generator with a known ground truth ([`data`]),
 //! ranking metrics ([`metrics`]) and the trainer that implements
@@ -14,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod models;
+pub mod table;
 pub mod trainer;
 
 pub use config::RecsysConfig;
