@@ -113,10 +113,10 @@ impl RecsysTrainer {
     /// validation batch: the gradient of the validation loss with respect to the
     /// scalars only, then Adam. Every rank computes the same batch and the same
     /// update, so they need no communication; the main optimizer never sees them.
-    fn search_step(&mut self, step: u64) -> Result<Option<[f64; 4]>, WorkerError> {
-        let (Some(search), Some(s)) = (self.search.as_mut(), self.model.structure()) else { return Ok(None) };
+    fn search_step(&mut self, step: u64) -> Result<(), WorkerError> {
+        let (Some(search), Some(s)) = (self.search.as_mut(), self.model.structure()) else { return Ok(()) };
         if step % self.cfg.search_every != 0 {
-            return Ok(None);
+            return Ok(());
         }
         let k = step / self.cfg.search_every;
         let val = self.data.val_batch(k * self.cfg.search_batch as u64, self.cfg.search_batch, self.device);
@@ -134,7 +134,7 @@ impl RecsysTrainer {
         let update = (&search.m / (1.0 - b1.powf(t))) / ((&search.v / (1.0 - b2.powf(t))).sqrt() + eps) * self.cfg.search_lr;
         let mut raw = s.raw.shallow_clone();
         let _ = raw.f_sub_(&update)?;
-        Ok(Some(structure_values(s)?))
+        Ok(())
     }
 }
 
