@@ -39,7 +39,7 @@ fn every_model_trains_as_a_job_on_two_ranks_with_per_cell_metrics() {
     let rows = std::fs::read_to_string(dir.path().join("runs/recsys-aitm/metrics.jsonl")).unwrap();
     assert!(rows.contains("\"calibration\""), "AITM logs its calibrator");
     let rows = std::fs::read_to_string(dir.path().join("runs/recsys-esmm/metrics.jsonl")).unwrap();
-    assert!(rows.contains("\"task_weight1\""), "uncertainty weighting logs its weights");
+    assert!(rows.contains("\"task_weight_task1\""), "uncertainty weighting logs its weights");
     let bad = spec(dir.path(), &Job { name: "bad", steps: 2, every: 0, batch: 48, ..Job::default() }, "loss = \"average\"");
     let out = kiln_run(dir.path(), &bad, 1, &[]);
     assert!(!out.status.success() && text(&out).contains("algorithm.loss"), "{}", text(&out));
@@ -177,4 +177,57 @@ fn early_stopping_ends_a_run_where_its_metric_stopped_improving_even_across_a_ki
     let no_eval = write_spec(dir.path(), &Job { name: "noeval", steps: 10, every: 0, batch: 48, extra_train: "[train.early_stop]\nmetric = \"auc_task0\"\npatience = 1", ..Job::default() });
     let out = kiln_run(dir.path(), &no_eval, 1, &[]);
     assert!(!out.status.success() && text(&out).contains("set train.eval_every"), "{}", text(&out));
+}
+
+#[test]
+fn users_tables_train_as_jobs_through_the_presets_on_two_ranks_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ml-1m.csv");
+    kiln_recsys::samples::movielens_1m(&file, 200, 100, 3000, 1).unwrap();
+    let data = format!("\n[algorithm.data]\npreset = \"movielens-1m\"\nfile = \"{}\"", file.display());
+    // M3oE with its search: metrics per (domain, task) named by the preset's
+    // labels, on the validation split (plain keys) and the test split (test_).
+    let m3oe = Job { name: "ml-m3oe", steps: 40, every: 0, batch: 120, algorithm: "recsys.m3oe", ..Job::default() };
+    let out = kiln_run(dir.path(), &spec(dir.path(), &m3oe, &format!("search_every = 5\nsearch_batch = 100{data}")), 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let e = final_eval(dir.path(), "ml-m3oe");
+    for k in ["auc_click", "auc_like", "auc_d0_click", "auc_d2_like", "logloss_d1_click", "mean_cell_auc", "test_auc_click", "test_mean_cell_auc", "alpha_domain"] {
+        assert!(e[k].as_f64().is_some_and(f64::is_finite), "{k} in {e}");
+    }
+    assert!(e.get("oracle_auc_click").is_none(), "a table has no oracle");
+    assert!(e["auc_click"].as_f64().unwrap() > 0.65, "2 epochs of the sample's signal: {e}");
+    // 2 ranks = 1 over an epoch boundary (2400 training rows, 25 steps of 96),
+    // and a run killed after step 22 resumes from 20 onto the same trajectory.
+    let sb = |name: &'static str| Job { name, steps: 30, every: 10, batch: 96, algorithm: "recsys.shared-bottom", optimizer: SGD, ..Job::default() };
+    for (name, ranks) in [("ml1", 1), ("ml2", 2)] {
+        let out = kiln_run(dir.path(), &spec(dir.path(), &sb(name), &data), ranks, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (w, d) = worst(&params(dir.path(), "ml1", 30), &params(dir.path(), "ml2", 30));
+    assert!(d <= 1e-5, "2 ranks differ from 1 by {d} ({w})");
+    kill_then_resume(dir.path(), &spec(dir.path(), &sb("ml-killed"), &data), 2, "kill-rank:1:after-step:22");
+    let d = max_diff(&params(dir.path(), "ml-killed", 30), &params(dir.path(), "ml2", 30));
+    assert!(d <= 1e-6, "the resumed run differs by {d}");
+    // KuaiRand's layout: three tasks, four tab domains, two joined feature files.
+    let log = kiln_recsys::samples::kuairand(dir.path(), 100, 80, 2000, 2).unwrap();
+    let kr = Job { name: "kr-mmoe", steps: 10, every: 0, batch: 96, algorithm: "recsys.mmoe", ..Job::default() };
+    let extra = format!("loss = \"cells\"\ntask_weights = [1.0, 1.0, 2.0]\n[algorithm.data]\npreset = \"kuairand\"\nfile = \"{}\"", log.display());
+    let out = kiln_run(dir.path(), &spec(dir.path(), &kr, &extra), 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let e = final_eval(dir.path(), "kr-mmoe");
+    for k in ["auc_long_view", "auc_d3_like", "test_auc_click"] {
+        assert!(e[k].as_f64().is_some_and(f64::is_finite), "{k} in {e}");
+    }
+    // Bad input: at submit (preset, weights per task) and when the file is read.
+    let bad = |name: &'static str, extra: &str| {
+        let out = kiln_run(dir.path(), &spec(dir.path(), &Job { name, steps: 2, every: 0, ..Job::default() }, extra), 1, &[]);
+        assert!(!out.status.success());
+        text(&out)
+    };
+    let t = bad("b1", &data.replace("movielens-1m", "movielens"));
+    assert!(t.contains("algorithm.data") && t.contains("'movielens' is not one of movielens-1m, kuairand"), "{t}");
+    let t = bad("b2", &format!("task_weights = [1.0, 2.0]\n[algorithm.data]\npreset = \"kuairand\"\nfile = \"{}\"", log.display()));
+    assert!(t.contains("task_weights") && t.contains("needs 3 non-negative numbers"), "{t}");
+    let t = bad("b3", &format!("{data}\nsparse = [\"user_id\", \"zipcode\"]"));
+    assert!(t.contains("sparse field 'zipcode' is not a column of") && t.contains("its columns are: user_id, movie_id, rating"), "{t}");
 }

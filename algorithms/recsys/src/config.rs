@@ -1,9 +1,10 @@
 //! The `[algorithm]` table of recsys jobs.
 
 use kiln_worker::{parse_config, ConfigError};
-use serde::{Deserialize, Serialize};
+use crate::table::DataSpec;
+use serde::Deserialize;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecsysConfig {
     /// Embedding width of user and item ids.
@@ -32,6 +33,10 @@ pub struct RecsysConfig {
     pub loss: String,
     /// Fixed weights per task for "tasks" and "cells" (default: all 1).
     pub task_weights: Option<Vec<f64>>,
+    /// A user's table (`[algorithm.data]`: a preset or a spec, see
+    /// [`DataSpec`]); without it the job trains on the generator, and the
+    /// generator keys below (domain_shift … dense_features) do not apply.
+    pub data: Option<DataSpec>,
     /// Generator: each domain's own view of items (0: none), and a click →
     /// conversion funnel for task 1.
     pub domain_shift: f64,
@@ -41,7 +46,8 @@ pub struct RecsysConfig {
     pub items: usize,
     pub domains: usize,
     pub dense_features: usize,
-    /// Held-out samples evaluated (sharded over ranks).
+    /// Generator: held-out samples evaluated (sharded over ranks). A table's
+    /// validation and test splits are evaluated whole.
     pub eval_samples: usize,
 }
 
@@ -59,6 +65,7 @@ impl Default for RecsysConfig {
             search_every: 10,
             search_batch: 1024,
             search_lr: 0.001,
+            data: None,
             domain_shift: 0.0,
             funnel: false,
             loss: "tasks".into(),
@@ -98,9 +105,13 @@ impl RecsysConfig {
         if !["tasks", "cells", "uncertainty"].contains(&cfg.loss.as_str()) {
             return Err(ConfigError::new("loss", format!("'{}' is not one of tasks, cells, uncertainty", cfg.loss)));
         }
+        let tasks = match &cfg.data {
+            Some(d) => d.resolve().map_err(|e| ConfigError::new("data", e.to_string()))?.labels.len(),
+            None => crate::data::TASKS,
+        };
         if let Some(w) = &cfg.task_weights {
-            if w.len() != crate::data::TASKS || w.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
-                return Err(ConfigError::new("task_weights", format!("needs {} non-negative numbers, one per task", crate::data::TASKS)));
+            if w.len() != tasks || w.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+                return Err(ConfigError::new("task_weights", format!("needs {tasks} non-negative numbers, one per task")));
             }
             if cfg.loss == "uncertainty" {
                 return Err(ConfigError::new("task_weights", "uncertainty weighting learns the weights; leave task_weights out"));

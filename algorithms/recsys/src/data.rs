@@ -16,6 +16,7 @@
 //! rank can produce any slice of any batch: N-rank and resumed runs see exactly
 //! the samples of an uninterrupted 1-rank run.
 
+use crate::batch::{Batch, Schema};
 use tch::{Device, Kind, Tensor};
 
 pub const TASKS: usize = 2;
@@ -41,19 +42,6 @@ fn normal(seed: u64, a: u64, b: u64) -> f64 {
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// A batch on the CPU or a device.
-pub struct Batch {
-    pub user: Tensor,
-    pub item: Tensor,
-    pub domain: Tensor,
-    /// [n, dense_features]
-    pub dense: Tensor,
-    /// [n, TASKS] in {0, 1}
-    pub labels: Tensor,
-    /// [n, TASKS] true probabilities
-    pub truth: Tensor,
 }
 
 pub struct Generator {
@@ -135,6 +123,18 @@ impl Generator {
         self.dense
     }
 
+    /// Two sparse fields (user, item), the dense features, the domains and
+    /// the two tasks.
+    pub fn schema(&self) -> Schema {
+        Schema {
+            sparse: vec![("user".into(), self.users as i64), ("item".into(), self.items as i64)],
+            multi_hot: Vec::new(),
+            dense: self.dense as i64,
+            domains: self.domains as i64,
+            tasks: (0..TASKS).map(|t| format!("task{t}")).collect(),
+        }
+    }
+
     /// True task probabilities and features of sample `i`.
     fn sample(&self, i: u64) -> (usize, usize, usize, Vec<f64>, [f64; TASKS], [f32; TASKS]) {
         let s = self.seed;
@@ -201,16 +201,14 @@ impl Generator {
     }
 
     fn batch(&self, start: u64, n: usize, device: Device) -> Batch {
-        let mut user = Vec::with_capacity(n);
-        let mut item = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(2 * n);
         let mut domain = Vec::with_capacity(n);
         let mut dense = Vec::with_capacity(n * self.dense);
         let mut labels = Vec::with_capacity(n * TASKS);
         let mut truth = Vec::with_capacity(n * TASKS);
         for i in 0..n as u64 {
             let (u, v, d, x, p, y) = self.sample(start + i);
-            user.push(u as i64);
-            item.push(v as i64);
+            ids.extend([u as i64, v as i64]);
             domain.push(d as i64);
             dense.extend(x.iter().map(|&f| f as f32));
             labels.extend_from_slice(&y);
@@ -218,12 +216,12 @@ impl Generator {
         }
         let n = n as i64;
         Batch {
-            user: Tensor::from_slice(&user).to_device(device),
-            item: Tensor::from_slice(&item).to_device(device),
+            sparse: Tensor::from_slice(&ids).reshape([n, 2]).to_device(device),
+            multi_hot: Vec::new(),
             domain: Tensor::from_slice(&domain).to_device(device),
             dense: Tensor::from_slice(&dense).reshape([n, self.dense as i64]).to_device(device),
             labels: Tensor::from_slice(&labels).reshape([n, TASKS as i64]).to_device(device),
-            truth: Tensor::from_slice(&truth).reshape([n, TASKS as i64]).to_kind(Kind::Float).to_device(device),
+            truth: Some(Tensor::from_slice(&truth).reshape([n, TASKS as i64]).to_kind(Kind::Float).to_device(device)),
         }
     }
 }
@@ -250,7 +248,7 @@ mod tests {
         let g = Generator::new(1, 500, 300, 3, 8);
         let b = g.train_batch(0, 20000, Device::Cpu);
         let mean_y = b.labels.mean_dim(0, false, Kind::Float);
-        let mean_p = b.truth.mean_dim(0, false, Kind::Float);
+        let mean_p = b.truth.as_ref().unwrap().mean_dim(0, false, Kind::Float);
         let diff = (mean_y - mean_p).abs().max().double_value(&[]);
         assert!(diff < 0.02, "label rate differs from probability by {diff}");
         let rates = Vec::<f32>::try_from(b.labels.mean_dim(0, false, Kind::Float)).unwrap();
@@ -262,14 +260,15 @@ mod tests {
         let shape = Shape { funnel: true, domain_shift: 0.0 };
         let b = Generator::with_shape(1, 200, 100, 3, 4, shape).train_batch(0, 5000, Device::Cpu);
         let y = Vec::<f32>::try_from(b.labels.reshape([-1])).unwrap();
-        let p = Vec::<f32>::try_from(b.truth.reshape([-1])).unwrap();
+        let p = Vec::<f32>::try_from(b.truth.as_ref().unwrap().reshape([-1])).unwrap();
         assert!(y.chunks(2).all(|r| r[1] <= r[0]), "no conversion without a click");
         assert!(p.chunks(2).all(|r| r[1] <= r[0] + 1e-6), "p(convert) <= p(click)");
         assert!(y.chunks(2).any(|r| r[1] > 0.5));
         // Same users, items and draws; a shift changes the click probabilities.
         let plain = Generator::new(1, 200, 100, 3, 4).train_batch(0, 500, Device::Cpu);
         let shifted = Generator::with_shape(1, 200, 100, 3, 4, Shape { funnel: false, domain_shift: 1.0 }).train_batch(0, 500, Device::Cpu);
-        assert!(plain.user.equal(&shifted.user) && plain.domain.equal(&shifted.domain));
-        assert!((plain.truth - shifted.truth).abs().max().double_value(&[]) > 0.05);
+        assert!(plain.sparse.equal(&shifted.sparse) && plain.domain.equal(&shifted.domain));
+        let (p0, p1) = (plain.truth.unwrap(), shifted.truth.unwrap());
+        assert!((p0 - p1).abs().max().double_value(&[]) > 0.05);
     }
 }

@@ -907,38 +907,6 @@ mod tests {
         path
     }
 
-    /// Small files in the KuaiRand-Pure layout: a log and the two feature
-    /// files, with quoted fields holding commas as the real ones do.
-    fn kuairand(dir: &Path, users: usize, videos: usize, rows: usize) -> PathBuf {
-        let mut log = String::from("user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,is_forward,is_hate,long_view,play_time_ms,duration_ms,profile_stay_time,comment_stay_time,is_profile_enter,is_rand,tab\n");
-        for i in 0..rows {
-            let (u, v) = (i % users, (i * 7) % videos);
-            log += &format!("{u},{v},20220408,1400,{},{},{},0,0,0,0,{},1000,2000,0,0,0,0,{}\n", 1_649_000_000_000u64 + (rows - i) as u64, (i % 3 == 0) as u8, (i % 5 == 0) as u8, (i % 4 == 0) as u8, i % 5);
-        }
-        let mut uf = String::from("user_id,user_active_degree,is_lowactive_period,is_live_streamer,is_video_author,follow_user_num,follow_user_num_range,fans_user_num,fans_user_num_range,friend_user_num,friend_user_num_range,register_days,register_days_range");
-        for k in 0..18 {
-            uf += &format!(",onehot_feat{k}");
-        }
-        uf += "\n";
-        for u in 0..users {
-            uf += &format!("{u},full_active,0,0,1,10,\"(0,10]\",3,\"[1,10)\",2,\"[1,5)\",300,\"(180,365]\"");
-            for k in 0..18 {
-                uf += &if k == 6 && u == 0 { ",".to_string() } else { format!(",{}", (u + k) % 3) };
-            }
-            uf += "\n";
-        }
-        let mut vf = String::from("video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,server_height,music_id,music_type,tag\n");
-        for v in 0..videos {
-            let duration = if v == 1 { String::new() } else { format!("{}.0", 5000 + v * 100) };
-            vf += &format!("{v},{},NORMAL,2022-04-10,ShortImport,0.0,{duration},720.0,1280.0,{},9.0,\"{},{}\"\n", 100 + v, 900 + v, v % 4, 10 + v % 3);
-        }
-        std::fs::write(dir.join("user_features_pure.csv"), uf).unwrap();
-        std::fs::write(dir.join("video_features_basic_pure.csv"), vf).unwrap();
-        let path = dir.join("log_standard_4_08_to_4_21_pure.csv");
-        std::fs::write(&path, log).unwrap();
-        path
-    }
-
     #[test]
     fn the_movielens_preset_reads_its_layout() {
         let d = tempfile::tempdir().unwrap();
@@ -960,22 +928,26 @@ mod tests {
     #[test]
     fn the_kuairand_preset_joins_its_feature_files() {
         let d = tempfile::tempdir().unwrap();
-        let log = kuairand(d.path(), 6, 9, 60);
+        let log = crate::samples::kuairand(d.path(), 6, 9, 60, 1).unwrap();
         let spec = DataSpec { preset: Some("kuairand".into()), file: Some(vec![log.clone()]), ..Default::default() }.resolve().unwrap();
         let t = load(&spec).unwrap();
         assert_eq!(t.label_names, vec!["click", "long_view", "like"]);
         assert_eq!(t.domains, 4, "tabs 0, 1, 2 and the rest");
         assert_eq!((t.train.len(), t.val.len(), t.test.len()), (48, 6, 6));
-        // time_ms falls with the row: the training split is the last 48 rows.
-        assert_eq!(t.train.labels[0][0], 1.0, "row 12 (i % 3 == 0) clicked");
+        // The funnel: a long view needs a click, a like a long view.
+        let y = &t.train.labels;
+        assert!((0..48).all(|r| y[1][r] <= y[0][r] && y[2][r] <= y[1][r]));
+        assert!(y[0].contains(&1.0) && y[0].contains(&0.0));
         // Quoted "(0,10]" is one value; the joined range column has one value + unknown.
         let k = t.sparse_names.iter().position(|c| c == "follow_user_num_range").unwrap();
         assert_eq!(t.vocab[k], 2);
+        let k = t.sparse_names.iter().position(|c| c == "user_active_degree").unwrap();
+        assert_eq!(t.vocab[k], 4, "three degrees + unknown");
         // Tags "a,b" inside quotes are a multi-hot of two.
         assert!(t.train.multi_hot[0].offsets.windows(2).all(|w| w[1] - w[0] == 2));
-        // Video 1's empty duration is filled, then log-scaled with the rest.
+        // Empty durations are filled, then log-scaled with the rest.
         assert!(t.train.dense[0].iter().all(|v| v.is_finite()));
-        // Domains: tab 3 and 4 share domain 3.
+        // Domains: tabs 3 and 4 share domain 3.
         assert!(t.train.domain.iter().all(|&x| x < 4) && t.train.domain.contains(&3));
         // A log user the features lack: an error naming the count, or empty values.
         let mut text = std::fs::read_to_string(&log).unwrap();

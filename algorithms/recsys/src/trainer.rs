@@ -1,8 +1,12 @@
 //! The recsys trainer: implements `kiln_worker::Algorithm` for every model of
-//! [`crate::models`] on the synthetic generator, with M3oE's structure search.
+//! [`crate::models`] on the generator or a user's table ([`crate::source`]),
+//! with M3oE's structure search.
 
 use crate::config::RecsysConfig;
-use crate::data::{Batch, Generator, Shape, TASKS};
+use crate::batch::Batch;
+use crate::data::{Generator, Shape};
+use crate::source::Source;
+use crate::table;
 use crate::metrics::{auc, logloss};
 use crate::models::domain::Structure;
 use crate::models::{Arch, Dims, MultiTaskModel};
@@ -38,7 +42,7 @@ fn validate(v: &toml::Value) -> Result<(), kiln_worker::ConfigError> {
 
 fn build(name: &'static str, arch: Arch, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     let cfg = RecsysConfig::from_value(v).map_err(|m| WorkerError::algo(name, m))?;
-    Ok(Box::new(RecsysTrainer::new(name, arch, cfg, ctx)))
+    Ok(Box::new(RecsysTrainer::new(name, arch, cfg, ctx)?))
 }
 
 /// Adam state of the structure search (the scalars are one tensor of 4).
@@ -63,7 +67,9 @@ pub struct RecsysTrainer {
     loss: LossKind,
     vs: nn::VarStore,
     model: MultiTaskModel,
-    data: Generator,
+    data: Source,
+    tasks: Vec<String>,
+    domains: usize,
     cfg: RecsysConfig,
     global_batch: usize,
     device: Device,
@@ -71,17 +77,33 @@ pub struct RecsysTrainer {
 }
 
 impl RecsysTrainer {
-    pub fn new(name: &'static str, arch: Arch, cfg: RecsysConfig, ctx: &BuildContext) -> Self {
+    pub fn new(name: &'static str, arch: Arch, cfg: RecsysConfig, ctx: &BuildContext) -> Result<Self, WorkerError> {
+        let data = match &cfg.data {
+            None => {
+                let shape = Shape { domain_shift: cfg.domain_shift, funnel: cfg.funnel };
+                let data = Generator::with_shape(ctx.seed, cfg.users, cfg.items, cfg.domains, cfg.dense_features, shape);
+                Source::Generated { data, eval_samples: cfg.eval_samples }
+            }
+            Some(spec) => {
+                let spec = spec.resolve().map_err(|e| WorkerError::algo(name, format!("data: {e}")))?;
+                let t = table::load(&spec).map_err(|e| WorkerError::algo(name, format!("data: {e}")))?;
+                if t.val.is_empty() && cfg.search && arch == Arch::M3oe {
+                    return Err(WorkerError::algo(name, "data: the validation split is empty, and M3oE's structure search reads it; give split.fractions a validation share or set search = false"));
+                }
+                Source::Table(crate::source::TableSource::new(t, ctx.seed))
+            }
+        };
+        let schema = data.schema();
+        if matches!(arch, Arch::Esmm | Arch::Aitm) && schema.tasks.len() < 2 {
+            return Err(WorkerError::algo(name, format!("{name} models a funnel of tasks and needs at least two labels; the data has {}", schema.tasks.len())));
+        }
         // Same initial weights on every rank (rank 0's are broadcast anyway).
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
-        let shape = Shape { domain_shift: cfg.domain_shift, funnel: cfg.funnel };
-        let data = Generator::with_shape(ctx.seed, cfg.users, cfg.items, cfg.domains, cfg.dense_features, shape);
+        let tasks = schema.tasks.len();
         let dims = Dims {
-            users: cfg.users as i64,
-            items: cfg.items as i64,
-            domains: cfg.domains as i64,
-            dense: cfg.dense_features as i64,
+            domains: schema.domains,
+            tasks,
             embedding: cfg.embedding_dim,
             hidden: cfg.hidden,
             tower_hidden: cfg.tower_hidden,
@@ -89,11 +111,11 @@ impl RecsysTrainer {
             task_experts: cfg.task_experts,
             levels: cfg.levels,
         };
-        let model = MultiTaskModel::new(&vs.root(), arch, dims, cfg.calibration);
-        let weights = cfg.task_weights.clone().unwrap_or_else(|| vec![1.0; TASKS]);
+        let model = MultiTaskModel::new(&vs.root(), arch, &schema, dims, cfg.calibration);
+        let weights = cfg.task_weights.clone().unwrap_or_else(|| vec![1.0; tasks]);
         let loss = match cfg.loss.as_str() {
             "cells" => LossKind::Cells(weights),
-            "uncertainty" => LossKind::Uncertainty(vs.root().sub("loss").var("log_var", &[TASKS as i64], nn::Init::Const(0.0))),
+            "uncertainty" => LossKind::Uncertainty(vs.root().sub("loss").var("log_var", &[tasks as i64], nn::Init::Const(0.0))),
             _ => LossKind::Tasks(weights),
         };
         let search = (model.structure().is_some() && cfg.search).then(|| Search {
@@ -101,12 +123,24 @@ impl RecsysTrainer {
             v: Tensor::zeros([4], (Kind::Float, ctx.device)),
             steps: 0,
         });
-        RecsysTrainer { name, loss, vs, model, data, cfg, global_batch: ctx.global_batch, device: ctx.device, search }
+        Ok(RecsysTrainer {
+            name,
+            loss,
+            vs,
+            model,
+            data,
+            tasks: schema.tasks,
+            domains: schema.domains as usize,
+            cfg,
+            global_batch: ctx.global_batch,
+            device: ctx.device,
+            search,
+        })
     }
 
     /// The tasks' loss: the sum over tasks of each task's mean log-loss.
     fn task_loss(logits: &Tensor, b: &Batch) -> Result<Tensor, tch::TchError> {
-        Ok(logits.f_binary_cross_entropy_with_logits::<Tensor>(&b.labels, None, None, Reduction::Mean)? * TASKS as f64)
+        Ok(logits.f_binary_cross_entropy_with_logits::<Tensor>(&b.labels, None, None, Reduction::Mean)? * logits.size()[1] as f64)
     }
 
     /// One first-order (DARTS-style) step of M3oE's structure scalars on a
@@ -174,7 +208,7 @@ impl Algorithm for RecsysTrainer {
             LossKind::Cells(w) => {
                 // Each cell's mean is over the whole step's samples of its domain
                 // (counted from the generator), so N ranks compute what one would.
-                let mut counts = vec![0usize; self.cfg.domains];
+                let mut counts = vec![0usize; self.domains];
                 for d in self.data.train_domains(ctx.step * self.global_batch as u64, self.global_batch) {
                     counts[d] += 1;
                 }
@@ -185,8 +219,8 @@ impl Algorithm for RecsysTrainer {
             }
             LossKind::Uncertainty(log_var) => {
                 let l = per_sample.mean_dim(0, false, Kind::Float);
-                for t in 0..TASKS {
-                    scalars.insert(format!("task_weight{t}"), (-log_var.get(t as i64)).exp().double_value(&[]));
+                for (t, name) in self.tasks.iter().enumerate() {
+                    scalars.insert(format!("task_weight_{name}"), (-log_var.get(t as i64)).exp().double_value(&[]));
                 }
                 ((l * (-log_var).exp() + log_var) * 0.5).sum(Kind::Float)
             }
@@ -200,45 +234,58 @@ impl Algorithm for RecsysTrainer {
     }
 
     /// AUC (exact: every rank's scores are gathered) and log-loss per task and
-    /// per (domain, task) cell, the generator's oracle AUC per task, and the
-    /// mean AUC over the cells.
+    /// per (domain, task) cell, and the mean AUC over the cells, on each eval
+    /// set of the source; the generator's oracle AUC per task.
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
-        let n = self.cfg.eval_samples;
-        let (lo, hi) = (n * ctx.rank / ctx.world_size, n * (ctx.rank + 1) / ctx.world_size);
-        let batch = self.data.eval_batch(lo as u64, hi - lo, self.device);
-        let probs = self.model.forward(&batch).logits.sigmoid().to_device(Device::Cpu).to_kind(Kind::Float);
-        // Each rank's [probs | labels | truth | domain] rows, gathered in rank order.
-        let domain = batch.domain.to_device(Device::Cpu).to_kind(Kind::Float).unsqueeze(1);
-        let rows = Tensor::cat(&[probs, batch.labels.to_device(Device::Cpu), batch.truth.to_device(Device::Cpu), domain], 1).contiguous();
-        let mine: Vec<f32> = Vec::<f32>::try_from(rows.reshape([-1]))?;
-        let bytes: Vec<u8> = mine.iter().flat_map(|f| f.to_le_bytes()).collect();
-        let parts = ctx.comm.all_gather_bytes(&bytes)?;
-        let all: Vec<f32> = parts
-            .iter()
-            .flat_map(|p| p.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect();
-        let width = 3 * TASKS + 1;
-        let rows: Vec<&[f32]> = all.chunks_exact(width).collect();
-        let col = |rows: &[&[f32]], c: usize| rows.iter().map(|r| r[c]).collect::<Vec<f32>>();
         let mut out = BTreeMap::new();
-        let (mut cell_sum, mut cells) = (0.0, 0usize);
-        for t in 0..TASKS {
-            let (p, y, truth) = (col(&rows, t), col(&rows, TASKS + t), col(&rows, 2 * TASKS + t));
-            out.insert(format!("auc_task{t}"), auc(&p, &y).unwrap_or(f64::NAN));
-            out.insert(format!("oracle_auc_task{t}"), auc(&truth, &y).unwrap_or(f64::NAN));
-            out.insert(format!("logloss_task{t}"), logloss(&p, &y));
-            for d in 0..self.cfg.domains {
-                let mine: Vec<&[f32]> = rows.iter().copied().filter(|r| r[3 * TASKS] as usize == d).collect();
-                let (p, y) = (col(&mine, t), col(&mine, TASKS + t));
-                if let Some(a) = auc(&p, &y) {
-                    out.insert(format!("auc_d{d}_task{t}"), a);
-                    cell_sum += a;
-                    cells += 1;
+        for (k, set) in self.data.eval_sets().iter().enumerate() {
+            let n = set.rows;
+            let (lo, hi) = (n * ctx.rank / ctx.world_size, n * (ctx.rank + 1) / ctx.world_size);
+            let batch = self.data.eval_batch(k, lo, hi, self.device);
+            let probs = self.model.forward(&batch).logits.sigmoid().to_device(Device::Cpu).to_kind(Kind::Float);
+            // Each rank's [probs | labels | truth? | domain] rows, gathered in rank order.
+            let domain = batch.domain.to_device(Device::Cpu).to_kind(Kind::Float).unsqueeze(1);
+            let mut cols = vec![probs, batch.labels.to_device(Device::Cpu).to_kind(Kind::Float)];
+            cols.extend(batch.truth.as_ref().map(|t| t.to_device(Device::Cpu)));
+            cols.push(domain);
+            let rows = Tensor::cat(&cols, 1).contiguous();
+            let width = rows.size()[1] as usize;
+            let mine: Vec<f32> = Vec::<f32>::try_from(rows.reshape([-1]))?;
+            let bytes: Vec<u8> = mine.iter().flat_map(|f| f.to_le_bytes()).collect();
+            let parts = ctx.comm.all_gather_bytes(&bytes)?;
+            let all: Vec<f32> = parts
+                .iter()
+                .flat_map(|p| p.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect();
+            let rows: Vec<&[f32]> = all.chunks_exact(width).collect();
+            let col = |rows: &[&[f32]], c: usize| rows.iter().map(|r| r[c]).collect::<Vec<f32>>();
+            let tasks = self.tasks.len();
+            let with_truth = batch.truth.is_some();
+            let p = set.prefix;
+            let (mut cell_sum, mut cells) = (0.0, 0usize);
+            for (t, name) in self.tasks.iter().enumerate() {
+                let (s, y) = (col(&rows, t), col(&rows, tasks + t));
+                out.insert(format!("{p}auc_{name}"), auc(&s, &y).unwrap_or(f64::NAN));
+                if with_truth {
+                    out.insert(format!("{p}oracle_auc_{name}"), auc(&col(&rows, 2 * tasks + t), &y).unwrap_or(f64::NAN));
                 }
-                out.insert(format!("logloss_d{d}_task{t}"), logloss(&p, &y));
+                out.insert(format!("{p}logloss_{name}"), logloss(&s, &y));
+                for d in 0..self.domains {
+                    let mine: Vec<&[f32]> = rows.iter().copied().filter(|r| r[width - 1] as usize == d).collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let (s, y) = (col(&mine, t), col(&mine, tasks + t));
+                    if let Some(a) = auc(&s, &y) {
+                        out.insert(format!("{p}auc_d{d}_{name}"), a);
+                        cell_sum += a;
+                        cells += 1;
+                    }
+                    out.insert(format!("{p}logloss_d{d}_{name}"), logloss(&s, &y));
+                }
             }
+            out.insert(format!("{p}mean_cell_auc"), if cells > 0 { cell_sum / cells as f64 } else { f64::NAN });
         }
-        out.insert("mean_cell_auc".into(), if cells > 0 { cell_sum / cells as f64 } else { f64::NAN });
         if let Some(s) = self.model.structure() {
             for (name, v) in Structure::NAMES.iter().zip(structure_values(s)?) {
                 out.insert((*name).to_string(), v);

@@ -3,53 +3,29 @@
 //! In-process training (Adam, one process) keeps this fast; the job path,
 //! ranks and resumes are tested in the workspace's tests/recsys.rs.
 
+mod common;
+
 use kiln_recsys::data::{Generator, Shape, TASKS};
-use kiln_recsys::metrics::auc;
 use kiln_recsys::models::{Arch, Dims, MultiTaskModel};
-use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{nn, Device};
 
 const DOMAINS: usize = 3;
 
 fn dims() -> Dims {
-    Dims { users: 100, items: 60, domains: DOMAINS as i64, dense: 4, embedding: 16, hidden: 32, tower_hidden: 16, experts: 3, task_experts: 1, levels: 2 }
+    Dims { domains: DOMAINS as i64, tasks: TASKS, embedding: 16, hidden: 32, tower_hidden: 16, experts: 3, task_experts: 1, levels: 2 }
 }
 
 /// Trains `arch` for `steps` batches of 256 and returns per-task AUC and the
 /// mean AUC over (domain, task) cells on 8192 held-out samples, and the oracle's.
-fn train(arch: Arch, shape: Shape, steps: u64) -> ([f64; TASKS], f64, [f64; TASKS]) {
+fn train(arch: Arch, shape: Shape, steps: u64) -> (Vec<f64>, f64, Vec<f64>) {
     tch::manual_seed(3);
     let data = Generator::with_shape(5, 100, 60, DOMAINS, 4, shape);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = MultiTaskModel::new(&vs.root(), arch, dims(), 0.6);
-    let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
-    for step in 0..steps {
-        let b = data.train_batch(step * 256, 256, Device::Cpu);
-        let out = model.forward(&b);
-        let mut loss = out.logits.binary_cross_entropy_with_logits::<Tensor>(&b.labels, None, None, Reduction::Mean);
-        if let Some(aux) = out.aux_loss {
-            loss += aux;
-        }
-        opt.backward_step(&loss);
-    }
-    let b = data.eval_batch(0, 8192, Device::Cpu);
-    let p = tch::no_grad(|| model.forward(&b).logits.sigmoid());
-    let col = |t: &Tensor, k: usize| Vec::<f32>::try_from(t.select(1, k as i64).to_kind(Kind::Float)).unwrap();
-    let dom = Vec::<i64>::try_from(&b.domain).unwrap();
-    let mut per_task = [0.0; TASKS];
-    let mut oracle = [0.0; TASKS];
-    let mut cells = Vec::new();
-    for t in 0..TASKS {
-        let (pt, yt, truth) = (col(&p, t), col(&b.labels, t), col(&b.truth, t));
-        per_task[t] = auc(&pt, &yt).unwrap();
-        oracle[t] = auc(&truth, &yt).unwrap();
-        for d in 0..DOMAINS as i64 {
-            let pick = |v: &[f32]| v.iter().zip(&dom).filter(|(_, &x)| x == d).map(|(a, _)| *a).collect::<Vec<f32>>();
-            cells.push(auc(&pick(&pt), &pick(&yt)).unwrap());
-        }
-    }
-    eprintln!("{arch:?} {shape:?}: tasks {per_task:?} cells {:.4} oracle {oracle:?}", cells.iter().sum::<f64>() / cells.len() as f64);
-    (per_task, cells.iter().sum::<f64>() / cells.len() as f64, oracle)
+    let model = MultiTaskModel::new(&vs.root(), arch, &data.schema(), dims(), 0.6);
+    common::fit(&model, &vs, 1e-2, steps, |step| data.train_batch(step * 256, 256, Device::Cpu));
+    let (per_task, oracle, cells) = common::score(&model, &data.eval_batch(0, 8192, Device::Cpu), DOMAINS as i64);
+    eprintln!("{arch:?} {shape:?}: tasks {per_task:?} cells {cells:.4} oracle {oracle:?}");
+    (per_task, cells, oracle)
 }
 
 #[test]

@@ -1,13 +1,15 @@
-//! Tasks in a funnel (task 0 click, task 1 click-and-convert): ESMM and AITM.
+//! Tasks in a funnel (task 0 click, task 1 click-and-convert, each later task
+//! a step further down): ESMM and AITM. Both need at least two tasks.
 
 use super::{mlp, tower, towers_forward, Dims, Output};
-use crate::data::TASKS;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 /// ESMM: a CTR and a CVR network, each with its own bottom; task 1's
 /// prediction is pCTCVR = pCTR · pCVR, trained on the entire impression space
 /// (no sample-selection bias: the CVR network is never trained on clicks alone).
+/// With more tasks, task t's network predicts the step from t − 1 to t and its
+/// prediction is the product of all steps up to t.
 pub struct Esmm {
     bottoms: Vec<nn::Sequential>,
     towers: Vec<nn::Sequential>,
@@ -16,17 +18,30 @@ pub struct Esmm {
 impl Esmm {
     pub fn new(root: &nn::Path, input: i64, d: &Dims) -> Self {
         Esmm {
-            bottoms: ["ctr", "cvr"].iter().map(|n| mlp(&(root / format!("{n}_bottom")), &[input, d.hidden, d.hidden], false)).collect(),
-            towers: ["ctr", "cvr"].iter().map(|n| tower(&(root / format!("{n}_tower")), d.hidden, d.tower_hidden)).collect(),
+            bottoms: (0..d.tasks).map(|t| mlp(&(root / format!("{}_bottom", stage(t))), &[input, d.hidden, d.hidden], false)).collect(),
+            towers: (0..d.tasks).map(|t| tower(&(root / format!("{}_tower", stage(t))), d.hidden, d.tower_hidden)).collect(),
         }
     }
 
-    /// `[logit pCTR, logit pCTCVR]`.
+    /// `[logit pCTR, logit pCTCVR, …]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h: Vec<Tensor> = self.bottoms.iter().map(|b| b.forward(x)).collect();
         let l = towers_forward(&self.towers, &h);
-        let (ctr, cvr) = (l.narrow(1, 0, 1), l.narrow(1, 1, 1));
-        Tensor::cat(&[ctr.shallow_clone(), product_logit(&ctr, &cvr)], 1)
+        let mut out = vec![l.narrow(1, 0, 1)];
+        for t in 1..self.towers.len() as i64 {
+            let next = product_logit(&out[t as usize - 1], &l.narrow(1, t, 1));
+            out.push(next);
+        }
+        Tensor::cat(&out, 1)
+    }
+}
+
+/// Parameter names of ESMM's networks: "ctr", "cvr", then "stage2", ….
+fn stage(t: usize) -> String {
+    match t {
+        0 => "ctr".into(),
+        1 => "cvr".into(),
+        _ => format!("stage{t}"),
     }
 }
 
@@ -56,19 +71,19 @@ impl Aitm {
     pub fn new(root: &nn::Path, input: i64, d: &Dims, calibration: f64) -> Self {
         let lin = |n: &str| nn::linear(root / n, d.hidden, d.hidden, Default::default());
         Aitm {
-            bottoms: (0..TASKS).map(|t| mlp(&(root / format!("bottom{t}")), &[input, d.hidden, d.hidden], false)).collect(),
-            transfer: (1..TASKS).map(|t| nn::linear(root / format!("transfer{t}"), d.hidden, d.hidden, Default::default())).collect(),
+            bottoms: (0..d.tasks).map(|t| mlp(&(root / format!("bottom{t}")), &[input, d.hidden, d.hidden], false)).collect(),
+            transfer: (1..d.tasks).map(|t| nn::linear(root / format!("transfer{t}"), d.hidden, d.hidden, Default::default())).collect(),
             q: lin("attn_q"),
             k: lin("attn_k"),
             v: lin("attn_v"),
-            towers: (0..TASKS).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
+            towers: (0..d.tasks).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
             calibration,
             hidden: d.hidden,
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Output {
-        let mut z: Vec<Tensor> = Vec::with_capacity(TASKS);
+        let mut z: Vec<Tensor> = Vec::with_capacity(self.bottoms.len());
         for (t, b) in self.bottoms.iter().enumerate() {
             let own = b.forward(x);
             if t == 0 {
@@ -84,7 +99,8 @@ impl Aitm {
         }
         let logits = towers_forward(&self.towers, &z);
         let p = logits.sigmoid();
-        let later_above = (p.narrow(1, 1, TASKS as i64 - 1) - p.narrow(1, 0, TASKS as i64 - 1)).relu();
+        let k = self.bottoms.len() as i64 - 1;
+        let later_above = (p.narrow(1, 1, k) - p.narrow(1, 0, k)).relu();
         let aux = later_above.sum_dim_intlist([1i64].as_slice(), false, Kind::Float).mean(Kind::Float) * self.calibration;
         Output { logits, aux_loss: Some(aux) }
     }

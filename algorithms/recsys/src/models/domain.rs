@@ -1,7 +1,6 @@
 //! Parameters per domain as well as per task: STAR and M3oE.
 
 use super::{mix, mlp, tower, Dims};
-use crate::data::TASKS;
 use std::cell::Cell;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -70,8 +69,8 @@ impl Star {
             gamma_d: p.var("pn_gamma_domain", &[d.domains, input], nn::Init::Const(1.0)),
             beta_d: p.var("pn_beta_domain", &[d.domains, input], nn::Init::Const(0.0)),
             layers: vec![StarLinear::new(&(&p / "fc1"), d.domains, input, d.hidden), StarLinear::new(&(&p / "fc2"), d.domains, d.hidden, d.hidden)],
-            towers: (0..TASKS).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
-            aux: nn::embedding(root / "aux", d.domains, TASKS as i64, nn::EmbeddingConfig { ws_init: nn::Init::Const(0.0), ..Default::default() }),
+            towers: (0..d.tasks).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
+            aux: nn::embedding(root / "aux", d.domains, d.tasks as i64, nn::EmbeddingConfig { ws_init: nn::Init::Const(0.0), ..Default::default() }),
         }
     }
 
@@ -147,9 +146,9 @@ impl M3oe {
             skip: mlp(&(root / "skip"), &[input, h], true),
             shared: (0..d.experts).map(|e| expert(format!("shared_expert{e}"))).collect(),
             domain_experts: (0..d.domains).map(|e| expert(format!("domain_expert{e}"))).collect(),
-            task_experts: (0..TASKS).map(|e| expert(format!("task_expert{e}"))).collect(),
-            gates: (0..d.domains).map(|dd| (0..TASKS).map(|t| nn::linear(root / format!("gate_d{dd}_t{t}"), h, d.experts, Default::default())).collect()).collect(),
-            towers: (0..d.domains).map(|dd| (0..TASKS).map(|t| tower_dt(dd, t)).collect()).collect(),
+            task_experts: (0..d.tasks).map(|e| expert(format!("task_expert{e}"))).collect(),
+            gates: (0..d.domains).map(|dd| (0..d.tasks).map(|t| nn::linear(root / format!("gate_d{dd}_t{t}"), h, d.experts, Default::default())).collect()).collect(),
+            towers: (0..d.domains).map(|dd| (0..d.tasks).map(|t| tower_dt(dd, t)).collect()).collect(),
             // sigmoid(1) ≈ 0.73, the reference's starting point.
             structure: Structure::new(1.0, root.device()),
             domains: d.domains,
@@ -176,7 +175,7 @@ impl M3oe {
         let gate_in = e.detach();
         let mut per_domain = Vec::with_capacity(self.domains as usize);
         for (dd, (gates, towers)) in self.gates.iter().zip(&self.towers).enumerate() {
-            let logits: Vec<Tensor> = (0..TASKS)
+            let logits: Vec<Tensor> = (0..towers.len())
                 .map(|t| {
                     let fused = mix(&shared, &gates[t].forward(&gate_in)) + others(&dom, dd, &b_d) * &a_d + others(&task, t, &b_t) * &a_t;
                     towers[t].forward(&fused)

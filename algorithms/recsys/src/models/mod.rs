@@ -8,7 +8,7 @@
 //! - [`domain`]: STAR (Sheng et al., CIKM 2021) and M3oE (Zhang et al., SIGIR
 //!   2024) — parameters per domain as well as per task.
 //!
-//! Every model maps a [`Batch`] to logits `[n, TASKS]`, a sample's prediction
+//! Every model maps a [`Batch`] to logits `[n, tasks]`, a sample's prediction
 //! for task t coming from its own domain's parameters where the model has them,
 //! plus an optional auxiliary loss (AITM's calibrator).
 
@@ -16,7 +16,7 @@ pub mod cascade;
 pub mod domain;
 pub mod shared;
 
-use crate::data::{Batch, TASKS};
+use crate::batch::{Batch, Schema};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -35,10 +35,8 @@ pub enum Arch {
 /// Sizes of a model.
 #[derive(Debug, Clone, Copy)]
 pub struct Dims {
-    pub users: i64,
-    pub items: i64,
     pub domains: i64,
-    pub dense: i64,
+    pub tasks: usize,
     pub embedding: i64,
     pub hidden: i64,
     pub tower_hidden: i64,
@@ -77,41 +75,79 @@ pub(crate) fn mix(experts: &Tensor, gate_logits: &Tensor) -> Tensor {
     (experts * w).sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float)
 }
 
-/// Embeddings of user, item and domain, the user × item product and the dense
-/// features, concatenated.
+/// The input layer: an embedding per sparse field, a mean-pooled embedding
+/// per multi-hot field, their pairwise interactions, a domain embedding and the
+/// dense features, concatenated.
 pub struct InputLayer {
-    user: nn::Embedding,
-    item: nn::Embedding,
+    sparse: Vec<nn::Embedding>,
+    /// Multi-hot tables, read with `embedding_bag`.
+    bags: Vec<Tensor>,
     domain: nn::Embedding,
     pub width: i64,
 }
 
+/// A parameter-path-safe, unique name for a field's table.
+fn table_name(field: &str, suffix: &str, taken: &mut Vec<String>) -> String {
+    let base: String = field.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let mut name = format!("{base}_{suffix}");
+    let mut k = 1;
+    while taken.contains(&name) {
+        k += 1;
+        name = format!("{base}{k}_{suffix}");
+    }
+    taken.push(name.clone());
+    name
+}
+
 impl InputLayer {
-    pub fn new(root: &nn::Path, d: &Dims) -> InputLayer {
+    pub fn new(root: &nn::Path, schema: &Schema, embedding: i64) -> InputLayer {
         // Small initial embeddings, as usual for CTR models: with N(0, 1) the random
         // user*item products drown the signal and the factorisation is learnt slowly.
-        let emb = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.05 }, ..Default::default() };
+        let init = nn::Init::Randn { mean: 0.0, stdev: 0.05 };
+        let emb = nn::EmbeddingConfig { ws_init: init, ..Default::default() };
+        let mut taken = Vec::new();
+        let sparse: Vec<nn::Embedding> = schema.sparse.iter().map(|(f, v)| nn::embedding(root / table_name(f, "emb", &mut taken), *v, embedding, emb)).collect();
+        let bags: Vec<Tensor> = schema.multi_hot.iter().map(|(f, v)| root.var(&table_name(f, "bag_emb", &mut taken), &[*v, embedding], init)).collect();
+        let fields = (sparse.len() + bags.len()) as i64;
         InputLayer {
-            user: nn::embedding(root / "user_emb", d.users, d.embedding, emb),
-            item: nn::embedding(root / "item_emb", d.items, d.embedding, emb),
-            domain: nn::embedding(root / "domain_emb", d.domains, 4, emb),
-            // [user, item, user*item, domain, dense]: the element-wise product gives
+            sparse,
+            bags,
+            domain: nn::embedding(root / "domain_emb", schema.domains, 4, emb),
+            // [fields..., interactions, domain, dense]: the pairwise products give
             // the layers above the user-item affinity directly, as factorisation-
             // machine style CTR models do, instead of making an MLP learn a dot product.
-            width: 3 * d.embedding + 4 + d.dense,
+            width: fields * embedding + if fields >= 2 { embedding } else { 0 } + 4 + schema.dense,
         }
     }
 
     pub fn forward(&self, b: &Batch) -> Tensor {
-        let (u, v) = (self.user.forward(&b.user), self.item.forward(&b.item));
-        let uv = &u * &v;
-        Tensor::cat(&[u, v, uv, self.domain.forward(&b.domain), b.dense.shallow_clone()], 1)
+        let mut fields: Vec<Tensor> = self.sparse.iter().enumerate().map(|(k, e)| e.forward(&b.sparse.select(1, k as i64))).collect();
+        for (table, bag) in self.bags.iter().zip(&b.multi_hot) {
+            // Mode 1: the mean of a row's embeddings (zeros for an empty row).
+            let (pooled, _, _, _) = Tensor::embedding_bag(table, &bag.ids, &bag.offsets, false, 1, false, None::<Tensor>, false);
+            fields.push(pooled);
+        }
+        let mut parts = Vec::with_capacity(fields.len() + 3);
+        if fields.len() >= 2 {
+            // Σ_{i<j} e_i ⊙ e_j = ½((Σ e)² − Σ e²) (the bi-interaction pooling of
+            // NFM); with two fields exactly their product.
+            let sum = fields.iter().skip(1).fold(fields[0].shallow_clone(), |a, e| a + e);
+            let squares = fields.iter().skip(1).fold(&fields[0] * &fields[0], |a, e| a + e * e);
+            let pairs = if fields.len() == 2 { &fields[0] * &fields[1] } else { (&sum * &sum - squares) * 0.5 };
+            parts.extend(fields);
+            parts.push(pairs);
+        } else {
+            parts.extend(fields);
+        }
+        parts.push(self.domain.forward(&b.domain));
+        parts.push(b.dense.shallow_clone());
+        Tensor::cat(&parts, 1)
     }
 }
 
 /// What a model adds to the loss besides its tasks' cross-entropy.
 pub struct Output {
-    /// `[n, TASKS]`.
+    /// `[n, tasks]`.
     pub logits: Tensor,
     /// AITM's calibrator, already weighted.
     pub aux_loss: Option<Tensor>,
@@ -134,8 +170,9 @@ pub struct MultiTaskModel {
 
 impl MultiTaskModel {
     /// `calibration`: AITM's calibrator weight (ignored by the others).
-    pub fn new(root: &nn::Path, arch: Arch, d: Dims, calibration: f64) -> Self {
-        let input = InputLayer::new(root, &d);
+    /// `d.domains` and `d.tasks` must be the schema's.
+    pub fn new(root: &nn::Path, arch: Arch, schema: &Schema, d: Dims, calibration: f64) -> Self {
+        let input = InputLayer::new(root, schema, d.embedding);
         let w = input.width;
         let body = match arch {
             Arch::SharedBottom => Body::SharedBottom(shared::SharedBottom::new(root, w, &d)),
@@ -174,7 +211,7 @@ impl MultiTaskModel {
 
 /// Per-task logits from per-task features.
 pub(crate) fn towers_forward(towers: &[nn::Sequential], features: &[Tensor]) -> Tensor {
-    debug_assert_eq!(towers.len(), TASKS);
+    debug_assert_eq!(towers.len(), features.len());
     let logits: Vec<Tensor> = towers.iter().zip(features).map(|(t, h)| t.forward(h)).collect();
     Tensor::cat(&logits, 1)
 }

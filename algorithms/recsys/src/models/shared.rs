@@ -1,7 +1,6 @@
 //! Experts shared across tasks: Shared-Bottom, MMoE and PLE.
 
 use super::{mix, mlp, tower, towers_forward, Dims};
-use crate::data::TASKS;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -15,13 +14,13 @@ impl SharedBottom {
     pub fn new(root: &nn::Path, input: i64, d: &Dims) -> Self {
         SharedBottom {
             bottom: mlp(&(root / "bottom"), &[input, d.hidden, d.hidden], false),
-            towers: (0..TASKS).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
+            towers: (0..d.tasks).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.bottom.forward(x);
-        towers_forward(&self.towers, &(0..TASKS).map(|_| h.shallow_clone()).collect::<Vec<_>>())
+        towers_forward(&self.towers, &self.towers.iter().map(|_| h.shallow_clone()).collect::<Vec<_>>())
     }
 }
 
@@ -36,8 +35,8 @@ impl Mmoe {
     pub fn new(root: &nn::Path, input: i64, d: &Dims) -> Self {
         Mmoe {
             experts: (0..d.experts).map(|e| mlp(&(root / format!("expert{e}")), &[input, d.hidden, d.hidden], false)).collect(),
-            gates: (0..TASKS).map(|t| nn::linear(root / format!("gate{t}"), input, d.experts, Default::default())).collect(),
-            towers: (0..TASKS).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
+            gates: (0..d.tasks).map(|t| nn::linear(root / format!("gate{t}"), input, d.experts, Default::default())).collect(),
+            towers: (0..d.tasks).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect(),
         }
     }
 
@@ -73,23 +72,23 @@ impl Ple {
                 let top = l == d.levels - 1;
                 let expert = |name: String| mlp(&(&p / name), &[width, d.hidden], false);
                 Level {
-                    task_experts: (0..TASKS).map(|t| (0..d.task_experts).map(|e| expert(format!("task{t}_expert{e}"))).collect()).collect(),
+                    task_experts: (0..d.tasks).map(|t| (0..d.task_experts).map(|e| expert(format!("task{t}_expert{e}"))).collect()).collect(),
                     shared_experts: (0..d.experts).map(|e| expert(format!("shared_expert{e}"))).collect(),
-                    task_gates: (0..TASKS).map(|t| nn::linear(&p / format!("gate{t}"), width, d.task_experts + d.experts, Default::default())).collect(),
-                    shared_gate: (!top).then(|| nn::linear(&p / "shared_gate", width, TASKS as i64 * d.task_experts + d.experts, Default::default())),
+                    task_gates: (0..d.tasks).map(|t| nn::linear(&p / format!("gate{t}"), width, d.task_experts + d.experts, Default::default())).collect(),
+                    shared_gate: (!top).then(|| nn::linear(&p / "shared_gate", width, d.tasks as i64 * d.task_experts + d.experts, Default::default())),
                 }
             })
             .collect();
-        Ple { levels, towers: (0..TASKS).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect() }
+        Ple { levels, towers: (0..d.tasks).map(|t| tower(&(root / format!("tower{t}")), d.hidden, d.tower_hidden)).collect() }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut task_in: Vec<Tensor> = (0..TASKS).map(|_| x.shallow_clone()).collect();
+        let mut task_in: Vec<Tensor> = self.towers.iter().map(|_| x.shallow_clone()).collect();
         let mut shared_in = x.shallow_clone();
         for level in &self.levels {
             let shared: Vec<Tensor> = level.shared_experts.iter().map(|e| e.forward(&shared_in)).collect();
             let own: Vec<Vec<Tensor>> = level.task_experts.iter().zip(&task_in).map(|(es, h)| es.iter().map(|e| e.forward(h)).collect()).collect();
-            let task_out: Vec<Tensor> = (0..TASKS)
+            let task_out: Vec<Tensor> = (0..self.towers.len())
                 .map(|t| {
                     let pool: Vec<&Tensor> = own[t].iter().chain(shared.iter()).collect();
                     mix(&Tensor::stack(&pool, 1), &level.task_gates[t].forward(&task_in[t]))
