@@ -231,3 +231,33 @@ fn users_tables_train_as_jobs_through_the_presets_on_two_ranks_and_resume_exactl
     let t = bad("b3", &format!("{data}\nsparse = [\"user_id\", \"zipcode\"]"));
     assert!(t.contains("sparse field 'zipcode' is not a column of") && t.contains("its columns are: user_id, movie_id, rating"), "{t}");
 }
+
+#[test]
+fn row_sparse_embedding_gradients_train_as_dense_ones_on_two_ranks_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = "kind = \"sgd\"\nlr = 0.05";
+    let job = |name: &'static str, optimizer: &'static str, every: u64| Job { name, steps: 12, every, batch: 48, algorithm: "recsys.mmoe", optimizer, ..Job::default() };
+    // Plain SGD is the same update either way: sparse gradients synced as rows
+    // (all-gather) equal dense ones all-reduced.
+    for (name, extra) in [("dense", ""), ("sparse", "sparse_min_rows = 0")] {
+        let out = kiln_run(dir.path(), &spec(dir.path(), &job(name, plain, 0), extra), 2, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (w, d) = worst(&params(dir.path(), "dense", 12), &params(dir.path(), "sparse", 12));
+    assert!(d <= 1e-6, "sparse and dense gradients differ by {d} ({w})");
+    // Momentum is lazy with sparse rows; still 2 ranks = 1, and a killed run resumes exactly.
+    for (name, ranks) in [("lazy1", 1), ("lazy2", 2)] {
+        let out = kiln_run(dir.path(), &spec(dir.path(), &job(name, SGD, 0), "sparse_min_rows = 0"), ranks, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (w, d) = worst(&params(dir.path(), "lazy1", 12), &params(dir.path(), "lazy2", 12));
+    assert!(d <= 1e-5, "2 ranks differ from 1 by {d} ({w})");
+    let d = max_diff(&params(dir.path(), "lazy2", 12), &params(dir.path(), "dense", 12));
+    assert!(d > 1e-4, "lazy momentum is not plain SGD");
+    kill_then_resume(dir.path(), &spec(dir.path(), &job("lazy-killed", SGD, 5), "sparse_min_rows = 0"), 2, "kill-rank:0:after-step:7");
+    let d = max_diff(&params(dir.path(), "lazy-killed", 12), &params(dir.path(), "lazy2", 12));
+    assert!(d <= 1e-6, "the resumed run differs by {d}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/lazy2/summary.json")).unwrap()).unwrap();
+    let peaks = summary["peak_rss_mb"].as_array().unwrap();
+    assert!(peaks.len() == 2 && peaks.iter().all(|p| p.as_f64().is_some_and(|m| m > 10.0)), "{summary}");
+}

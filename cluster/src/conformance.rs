@@ -37,6 +37,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("broadcast_from_last", broadcast_from_last),
     ("all_gather_bytes_ragged", all_gather_bytes_ragged),
     ("all_gather_tensors", all_gather_tensors),
+    ("grad_sync_sparse_rows", grad_sync_sparse_rows),
     ("any_flag", any_flag),
     ("barrier", barrier),
     ("errors_not_panics", errors_not_panics),
@@ -195,6 +196,47 @@ fn all_gather_tensors(comm: &dyn Communicator, d: Device) -> Result<(), String> 
         expect_all(g, r as f64 + 0.5, "gathered")?;
     }
     Ok(())
+}
+
+/// [`crate::ddp::GradSync`] with a row-sparse embedding table next to a dense
+/// parameter: rank r looks up rows [0, r + 1, r + 1] with weight r + 1, so the
+/// average gradient of row 0 is (W + 1) / 2, of row r + 1 is 2(r + 1) / W, of
+/// every other row 0 — and it must stay sparse, holding only those W + 1 rows.
+fn grad_sync_sparse_rows(comm: &dyn Communicator, d: Device) -> Result<(), String> {
+    let e = |x: tch::TchError| x.to_string();
+    let w = comm.world_size() as i64;
+    let r = comm.rank() as i64;
+    let table = Tensor::zeros([w + 3, 2], (Kind::Float, d)).set_requires_grad(true);
+    let dense = Tensor::zeros([3], (Kind::Float, d)).set_requires_grad(true);
+    crate::ddp::define_sparse_grad(&table).map_err(|x| x.to_string())?;
+    let rows = Tensor::from_slice(&[0, r + 1, r + 1]).to_device(d);
+    let loss = Tensor::f_embedding(&table, &rows, -1, false, true).map_err(e)?.sum(Kind::Float) * (r + 1) as f64 + dense.sum(Kind::Float) * (r + 1) as f64;
+    loss.f_backward().map_err(e)?;
+    let params = [table.shallow_clone(), dense.shallow_clone()];
+    crate::ddp::GradSync::with_sparse(&params, 1 << 20, &[0]).sync(comm, &params).map_err(|x| x.to_string())?;
+    let g = table.grad();
+    if !g.is_sparse() {
+        return Err("the synced table gradient is dense".into());
+    }
+    let nnz = g.f_coalesce().map_err(e)?.f_values().map_err(e)?.size()[0];
+    if nnz != w + 1 {
+        return Err(format!("the synced gradient holds {nnz} rows, expected {}", w + 1));
+    }
+    let full = values(&g.f_to_dense(None, false).map_err(e)?);
+    for row in 0..w + 3 {
+        let want = match row {
+            0 => (w + 1) as f64 / 2.0,
+            k if k <= w => 2.0 * k as f64 / w as f64,
+            _ => 0.0,
+        };
+        for c in 0..2 {
+            let got = full[(row * 2 + c) as usize];
+            if (got - want).abs() > 1e-6 {
+                return Err(format!("row {row} of the averaged table gradient is {got}, expected {want}"));
+            }
+        }
+    }
+    expect_all(&dense.grad(), (w + 1) as f64 / 2.0, "the dense parameter's gradient")
 }
 
 fn any_flag(comm: &dyn Communicator, _d: Device) -> Result<(), String> {

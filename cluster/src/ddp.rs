@@ -7,6 +7,13 @@
 //! gradient is undefined counts as zero. Gradient accumulation is the caller's: it
 //! simply does not call `sync` on the micro-steps that only accumulate.
 //!
+//! Row-sparse parameters (embedding tables whose lookups produce sparse COO
+//! gradients, [`GradSync::with_sparse`]) are never densified: each rank's
+//! coalesced (row ids, rows) are all-gathered, concatenated in rank order,
+//! coalesced (duplicate rows summed) and divided by the world size — the sparse
+//! form of the same average. What moves is the rows the step touched, not the
+//! table.
+//!
 //! Invariant: an N-rank run equals a 1-rank run with the same global batch, to
 //! float tolerance (tested with real `mpirun` ranks in the root crate).
 
@@ -44,15 +51,24 @@ pub struct SyncStats {
 #[derive(Debug, Clone)]
 pub struct GradSync {
     buckets: Vec<Bucket>,
+    /// Indices of the row-sparse parameters (synced by all-gather).
+    sparse: Vec<usize>,
 }
 
 impl GradSync {
     /// Plans buckets for `params` (in reverse order, as gradients of the last layers
     /// are ready first). A parameter larger than `bucket_bytes` gets a bucket of its own.
     pub fn new(params: &[Tensor], bucket_bytes: usize) -> Self {
+        Self::with_sparse(params, bucket_bytes, &[])
+    }
+
+    /// As [`GradSync::new`], with `sparse` (indices into `params`) synced as
+    /// row-sparse gradients. Give them a sparse gradient with
+    /// [`define_sparse_grad`] (a dense zero gradient would stay dense).
+    pub fn with_sparse(params: &[Tensor], bucket_bytes: usize, sparse: &[usize]) -> Self {
         let mut buckets: Vec<Bucket> = Vec::new();
         let mut current: Option<(Bucket, usize)> = None;
-        for (i, p) in params.iter().enumerate().rev() {
+        for (i, p) in params.iter().enumerate().rev().filter(|(i, _)| !sparse.contains(i)) {
             let bytes = p.numel() * p.kind().elt_size_in_bytes();
             let kind = p.kind();
             match current.as_mut() {
@@ -71,7 +87,10 @@ impl GradSync {
         if let Some((b, _)) = current {
             buckets.push(b);
         }
-        GradSync { buckets }
+        let mut sparse = sparse.to_vec();
+        sparse.sort_unstable();
+        sparse.dedup();
+        GradSync { buckets, sparse }
     }
 
     /// Number of planned buckets.
@@ -129,8 +148,101 @@ impl GradSync {
                 offset += n;
             }
         }
+        bytes += self.sync_sparse(comm, params)?;
         Ok(SyncStats { buckets: self.buckets.len(), bytes })
     }
+
+    /// The row-sparse gradients: every rank's coalesced rows, gathered, summed
+    /// and averaged. Returns the bytes this rank sent.
+    fn sync_sparse(&self, comm: &dyn Communicator, params: &[Tensor]) -> Result<usize, CommError> {
+        if self.sparse.is_empty() {
+            return Ok(0);
+        }
+        // Per parameter: [rows: u64][row ids: i64 × rows][values: f32 × rows × width].
+        let mut mine = Vec::new();
+        for &i in &self.sparse {
+            let (ids, values) = coalesced_rows(&params[i])?;
+            mine.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+            mine.extend(ids.iter().flat_map(|x| x.to_le_bytes()));
+            mine.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        let parts = comm.all_gather_bytes(&mine)?;
+        let mut cursors = vec![0usize; parts.len()];
+        let world = comm.world_size() as f64;
+        for &i in &self.sparse {
+            let p = &params[i];
+            let width: i64 = p.size().iter().skip(1).product();
+            let (mut ids, mut values) = (Vec::new(), Vec::new());
+            for (part, at) in parts.iter().zip(cursors.iter_mut()) {
+                let rows = read_u64(part, at)? as usize;
+                for _ in 0..rows {
+                    ids.push(read_u64(part, at)? as i64);
+                }
+                for _ in 0..rows * width as usize {
+                    values.push(f32::from_le_bytes(take::<4>(part, at)?));
+                }
+            }
+            if !p.requires_grad() {
+                continue;
+            }
+            let n = ids.len() as i64;
+            let mut shape = vec![n];
+            shape.extend_from_slice(&p.size()[1..]);
+            let indices = Tensor::from_slice(&ids).reshape([1, n]).to_device(p.device());
+            let values = Tensor::from_slice(&values).reshape(shape.as_slice()).to_kind(p.kind()).to_device(p.device());
+            let avg = Tensor::f_sparse_coo_tensor_indices_size(&indices, &values, p.size(), (p.kind(), p.device()), false)?.f_coalesce()?.f_mul_scalar(1.0 / world)?;
+            let mut g = p.grad();
+            if !g.defined() {
+                define_sparse_grad(p)?;
+                g = p.grad();
+            }
+            if g.is_sparse() {
+                let _ = g.f_copy_sparse_to_sparse_(&avg, false)?;
+            } else {
+                // The table was also used densely somewhere: its gradient is dense.
+                g.f_copy_(&avg.f_to_dense(None, false)?)?;
+            }
+        }
+        Ok(mine.len())
+    }
+}
+
+/// A row-sparse gradient's coalesced row ids and rows (f32, row-major); an
+/// undefined gradient has none, a dense one (the table was also used densely)
+/// gives every row.
+pub fn coalesced_rows(p: &Tensor) -> Result<(Vec<i64>, Vec<f32>), CommError> {
+    let g = p.grad();
+    if !g.defined() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let sparse = if g.is_sparse() { g.f_coalesce()? } else { g.f_to_sparse_sparse_dim(1)?.f_coalesce()? };
+    let ids = Vec::<i64>::try_from(sparse.f_indices()?.reshape([-1]).to_device(tch::Device::Cpu))?;
+    let values = Vec::<f32>::try_from(sparse.f_values()?.to_kind(Kind::Float).reshape([-1]).to_device(tch::Device::Cpu))?;
+    Ok((ids, values))
+}
+
+fn take<const N: usize>(bytes: &[u8], at: &mut usize) -> Result<[u8; N], CommError> {
+    let out = bytes.get(*at..*at + N).and_then(|s| <[u8; N]>::try_from(s).ok()).ok_or_else(|| CommError::Torch(tch::TchError::Kind("sparse gradient message ended early".into())))?;
+    *at += N;
+    Ok(out)
+}
+
+fn read_u64(bytes: &[u8], at: &mut usize) -> Result<u64, CommError> {
+    take::<8>(bytes, at).map(u64::from_le_bytes)
+}
+
+/// Gives `p` an empty sparse gradient (a lookup of no rows, backpropagated), so
+/// later lookups accumulate into a sparse gradient and `zero_grad` keeps it
+/// defined. A gradient already defined is left as it is.
+pub fn define_sparse_grad(p: &Tensor) -> Result<(), CommError> {
+    if !p.requires_grad() || p.grad().defined() {
+        return Ok(());
+    }
+    tch::with_grad(|| -> Result<(), tch::TchError> {
+        let none = Tensor::zeros([0], (Kind::Int64, p.device()));
+        Tensor::f_embedding(p, &none, -1, false, true)?.f_sum(p.kind())?.f_backward()
+    })?;
+    Ok(())
 }
 
 /// Gives `p` a defined all-zero gradient (libtorch allocates `.grad` on first

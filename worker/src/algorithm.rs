@@ -45,6 +45,15 @@ pub trait Algorithm {
     /// Trainable parameters, by name, in a rank-independent order.
     fn parameters(&self) -> Vec<(String, Tensor)>;
 
+    /// Names (among [`Algorithm::parameters`]) of the tables whose gradients
+    /// are row-sparse — embeddings looked up with sparse gradients. The loop
+    /// keeps their gradients sparse, syncs only the rows a step touched, and
+    /// the optimizer updates only those rows (lazily, see
+    /// [`crate::optim::Optimizer::step`]).
+    fn sparse_parameters(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Computes this rank's loss for one micro-batch and calls `backward` on it
     /// (gradients accumulate; the loop zeroes them between steps).
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError>;

@@ -46,6 +46,12 @@ impl Optimizer {
 
     /// One update with learning rate `lr`. Parameters without a gradient or
     /// not requiring one (frozen) are left as they are, state included.
+    ///
+    /// A row-sparse gradient (an embedding table's) updates only its rows, and
+    /// only their state: weight decay, momentum and Adam's moments are lazy, a
+    /// row's changing only at steps where it has a gradient (PyTorch's
+    /// `SparseAdam` semantics; plain SGD is unaffected). Bias correction counts
+    /// the table's updates, as `SparseAdam` does.
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.steps += 1;
@@ -56,6 +62,10 @@ impl Optimizer {
             }
             *n += 1;
             let t = *n as f64;
+            if g.is_sparse() {
+                sparse_step(&self.spec, p, st, &g, *n, lr);
+                continue;
+            }
             match self.spec {
                 OptimizerSpec::Adamw { betas: [b1, b2], eps, weight_decay, .. } => {
                     if weight_decay != 0.0 {
@@ -153,6 +163,46 @@ impl Optimizer {
     }
 }
 
+/// The update of [`Optimizer::step`] for a row-sparse gradient: the dense rules
+/// applied to the rows present (coalesced: duplicate rows summed), the other
+/// rows and their state untouched. `n` is the parameter's update count.
+fn sparse_step(spec: &OptimizerSpec, p: &mut Tensor, st: &mut [Tensor], g: &Tensor, n: i64, lr: f64) {
+    let g = g.coalesce();
+    let rows = g.indices().select(0, 0);
+    let g = g.values();
+    let mut w = p.index_select(0, &rows);
+    match *spec {
+        OptimizerSpec::Adamw { betas: [b1, b2], eps, weight_decay, .. } => {
+            if weight_decay != 0.0 {
+                w *= 1.0 - lr * weight_decay;
+            }
+            let m = st[0].index_select(0, &rows) * b1 + &g * (1.0 - b1);
+            let v = st[1].index_select(0, &rows) * b2 + &g * &g * (1.0 - b2);
+            let t = n as f64;
+            let (bc1, bc2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
+            w -= (&m / ((v.sqrt() / bc2.sqrt()) + eps)) * (lr / bc1);
+            let _ = st[0].index_copy_(0, &rows, &m);
+            let _ = st[1].index_copy_(0, &rows, &v);
+        }
+        OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
+            let g = if weight_decay != 0.0 { &g + &w * weight_decay } else { g };
+            let d = if momentum != 0.0 {
+                let buf = if n == 1 { g.copy() } else { st[0].index_select(0, &rows) * momentum + &g };
+                let _ = st[0].index_copy_(0, &rows, &buf);
+                if nesterov {
+                    &g + buf * momentum
+                } else {
+                    buf
+                }
+            } else {
+                g
+            };
+            w -= d * lr;
+        }
+    }
+    let _ = p.index_copy_(0, &rows, &w);
+}
+
 /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping. Call after the all-reduce, so every rank clips identically.
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
@@ -161,6 +211,8 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
     for p in params {
         let g = p.grad();
         if g.defined() {
+            // A row-sparse gradient's norm is that of its (summed) rows.
+            let g = if g.is_sparse() { g.coalesce().values() } else { g };
             total += g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
         }
     }
@@ -284,5 +336,54 @@ mod tests {
         assert!((norm - 5.0).abs() < 1e-6);
         let after = p.grad().square().sum(Kind::Float).double_value(&[]).sqrt();
         assert!((after - 1.0).abs() < 1e-4, "{after}");
+    }
+
+    /// Two copies of a 6 × 2 table, one looked up with sparse gradients; the
+    /// same loss over `rows` per step.
+    fn sparse_and_dense(spec: OptimizerSpec, steps: &[&[i64]]) -> (Tensor, Tensor) {
+        let init = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, -0.75, 1.5, 1.0, 1.0, -2.0, 0.5, 0.1, -0.3]).reshape([6, 2]);
+        let (a, b) = (init.copy().set_requires_grad(true), init.copy().set_requires_grad(true));
+        let mut oa = Optimizer::new(spec.clone(), vec![a.shallow_clone()]);
+        let mut ob = Optimizer::new(spec, vec![b.shallow_clone()]);
+        for rows in steps {
+            let rows = Tensor::from_slice(rows);
+            oa.zero_grad();
+            ob.zero_grad();
+            let loss = |t: &Tensor, sparse: bool| (Tensor::embedding(t, &rows, -1, false, sparse) * Tensor::from_slice(&[1.0f32, -3.0])).square().sum(Kind::Float);
+            loss(&a, true).backward();
+            loss(&b, false).backward();
+            assert!(a.grad().is_sparse() && !b.grad().is_sparse());
+            oa.step(0.1);
+            ob.step(0.1);
+        }
+        (a.detach(), b.detach())
+    }
+
+    #[test]
+    fn a_sparse_gradient_updates_its_rows_as_the_dense_rule_and_leaves_the_rest() {
+        let close = |x: &Tensor, y: &Tensor| (x - y).abs().max().double_value(&[]) < 1e-6;
+        // Plain SGD: sparse and dense are the same update, duplicates summed.
+        let sgd = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let (a, b) = sparse_and_dense(sgd, &[&[1, 3, 1], &[0, 3], &[5]]);
+        assert!(close(&a, &b), "{a} vs {b}");
+        // AdamW: on the first step the rows with gradients move as dense
+        // AdamW's; the rest do not (dense AdamW decays them).
+        let adamw = OptimizerSpec::Adamw { lr: 0.1, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.1 };
+        let (a, b) = sparse_and_dense(adamw.clone(), &[&[1, 3, 1]]);
+        let rows = Tensor::from_slice(&[1i64, 3]);
+        assert!(close(&a.index_select(0, &rows), &b.index_select(0, &rows)));
+        let (start, _) = sparse_and_dense(adamw.clone(), &[]);
+        let others = Tensor::from_slice(&[0i64, 2, 4, 5]);
+        assert!(close(&a.index_select(0, &others), &start.index_select(0, &others)), "untouched rows stay");
+        // Lazy moments: a row absent at step 2 keeps its step-1 value, where
+        // dense AdamW's momentum moves it again.
+        let (a2, b2) = sparse_and_dense(adamw, &[&[1, 3, 1], &[0]]);
+        let one = Tensor::from_slice(&[1i64]);
+        assert!(close(&a2.index_select(0, &one), &a.index_select(0, &one)));
+        assert!(!close(&b2.index_select(0, &one), &b.index_select(0, &one)));
+        // Momentum SGD: the same laziness.
+        let momentum = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.0 };
+        let (a, b) = sparse_and_dense(momentum, &[&[2], &[2, 4]]);
+        assert!(close(&a, &b), "a row present at every step moves as dense; an unseen row's buffer starts at its first gradient");
     }
 }

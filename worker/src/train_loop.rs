@@ -17,7 +17,7 @@ use crate::schedule::lr_at;
 use crate::signals::StopFlag;
 use crate::spec::{EarlyStopSpec, JobSpec};
 use kiln_cluster::checkpoint::{local_run_dir, decode_tensors, encode_tensors_into, reclaim, CheckpointStore, PendingSave, SaveMeta, Shard};
-use kiln_cluster::ddp::{broadcast_parameters, define_grad, GradSync};
+use kiln_cluster::ddp::{broadcast_parameters, define_grad, define_sparse_grad, GradSync};
 use kiln_cluster::{Communicator, ReduceOp};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -199,11 +199,17 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
 
     let named = algo.parameters();
     let mut params: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
-    for p in &params {
-        define_grad(p)?;
+    let sparse_names = algo.sparse_parameters();
+    let sparse: Vec<usize> = named.iter().enumerate().filter(|(_, (n, _))| sparse_names.contains(n)).map(|(i, _)| i).collect();
+    for (i, p) in params.iter().enumerate() {
+        if sparse.contains(&i) {
+            define_sparse_grad(p)?;
+        } else {
+            define_grad(p)?;
+        }
     }
     broadcast_parameters(comm, &mut params)?;
-    let sync = GradSync::new(&params, (spec.train.bucket_mb * 1024.0 * 1024.0) as usize);
+    let sync = GradSync::with_sparse(&params, (spec.train.bucket_mb * 1024.0 * 1024.0) as usize, &sparse);
     let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect());
 
     // Resume point, agreed by all ranks.
@@ -352,10 +358,13 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         // once so the summary is complete.
         last_eval = evaluate(algo, &ctx_at(total.saturating_sub(1), 0), &mut metrics, total)?;
     }
+    // Every rank's peak resident memory so far (training, evaluations, earlier
+    // checkpoints; not the final one's encoding), for the summary.
+    let peaks: Vec<Option<f64>> = comm.all_gather_bytes(&peak_rss_mb().unwrap_or(f64::NAN).to_le_bytes())?.iter().map(|b| b.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(f64::from_le_bytes).filter(|x| x.is_finite())).collect();
     ckpt.save(me, total, &named, &opt, &*algo, true)?;
     comm.barrier()?;
     if me == 0 {
-        write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s(), &ckpt.early_stop)?;
+        write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s(), &ckpt.early_stop, &peaks)?;
         publish_artifacts(&ckpt.store, cfg)?;
     }
     metrics.event(json!({ "event": "done", "step": total }));
@@ -507,7 +516,15 @@ fn publish_artifacts(store: &CheckpointStore, cfg: &RunConfig) -> Result<(), Wor
     Ok(())
 }
 
-fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<String, f64>, wall_s: f64, early: &EarlyStop) -> Result<(), WorkerError> {
+/// This process's peak resident set (VmHWM) in MiB, where the OS reports it (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<String, f64>, wall_s: f64, early: &EarlyStop, peak_rss_mb: &[Option<f64>]) -> Result<(), WorkerError> {
     let mut summary = json!({
         "name": spec.name,
         "algorithm": spec.algorithm_name(),
@@ -516,6 +533,7 @@ fn write_summary(cfg: &RunConfig, spec: &JobSpec, world: usize, eval: &BTreeMap<
         "global_batch": spec.train.global_batch,
         "wall_s": wall_s,
         "final_eval": eval,
+        "peak_rss_mb": peak_rss_mb,
     });
     if let Some(es) = &spec.train.early_stop {
         summary["early_stop"] = json!({ "metric": es.metric, "best": early.best, "best_step": early.best_step, "stopped_at": early.stopped_at });

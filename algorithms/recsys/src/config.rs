@@ -9,6 +9,10 @@ use serde::Deserialize;
 pub struct RecsysConfig {
     /// Embedding width of user and item ids.
     pub embedding_dim: i64,
+    /// Embedding tables of at least this many rows get row-sparse gradients:
+    /// a step's gradient, sync and update touch only the rows it looked up
+    /// (lazy optimizer state, see the docs). 0: every table; a huge value: none.
+    pub sparse_min_rows: u64,
     /// Hidden width of the shared bottom / of each expert.
     pub hidden: i64,
     /// Hidden width of each task tower.
@@ -55,6 +59,7 @@ impl Default for RecsysConfig {
     fn default() -> Self {
         RecsysConfig {
             embedding_dim: 16,
+            sparse_min_rows: 100_000,
             hidden: 64,
             tower_hidden: 32,
             experts: 4,

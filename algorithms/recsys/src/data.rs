@@ -50,8 +50,6 @@ pub struct Generator {
     items: usize,
     domains: usize,
     dense: usize,
-    user_vec: Vec<[f64; LATENT]>,
-    item_vec: Vec<[f64; LATENT]>,
     /// Per task, per dense feature.
     dense_w: Vec<Vec<f64>>,
     /// Per domain, per task: (scale, bias).
@@ -75,19 +73,6 @@ impl Generator {
 
     pub fn with_shape(seed: u64, users: usize, items: usize, domains: usize, dense: usize, shape: Shape) -> Self {
         let s = mix(seed ^ 0x5EED);
-        let vecs = |tag: u64, n: usize| {
-            (0..n)
-                .map(|i| {
-                    let mut v = [0.0; LATENT];
-                    for (k, x) in v.iter_mut().enumerate() {
-                        *x = normal(s, tag + i as u64 * 64, k as u64) / (LATENT as f64).sqrt() * 1.6;
-                    }
-                    v
-                })
-                .collect::<Vec<_>>()
-        };
-        let user_vec = vecs(1 << 40, users);
-        let item_vec = vecs(2 << 40, items);
         let dense_w = (0..TASKS)
             .map(|t| (0..dense).map(|j| normal(s, 3 << 40, (t * 1000 + j) as u64) * 0.5).collect())
             .collect();
@@ -116,7 +101,18 @@ impl Generator {
                 })
                 .collect()
         });
-        Generator { seed: s, users, items, domains, dense, user_vec, item_vec, dense_w, domain_tb, domain_view, funnel: shape.funnel }
+        Generator { seed: s, users, items, domains, dense, dense_w, domain_tb, domain_view, funnel: shape.funnel }
+    }
+
+    /// User `i`'s (tag 1) or item `i`'s (tag 2) latent vector, drawn when
+    /// needed rather than stored, so a table of millions of ids costs the
+    /// generator nothing.
+    fn latent(&self, tag: u64, i: usize) -> [f64; LATENT] {
+        let mut v = [0.0; LATENT];
+        for (k, x) in v.iter_mut().enumerate() {
+            *x = normal(self.seed, (tag << 40) + i as u64 * 64, k as u64) / (LATENT as f64).sqrt() * 1.6;
+        }
+        v
     }
 
     pub fn dense_features(&self) -> usize {
@@ -142,17 +138,18 @@ impl Generator {
         let v = (mix(s ^ mix(i.wrapping_mul(3) + 1)) % self.items as u64) as usize;
         let d = (mix(s ^ mix(i.wrapping_mul(3) + 2)) % self.domains as u64) as usize;
         let x: Vec<f64> = (0..self.dense).map(|j| normal(s, i, 1000 + j as u64)).collect();
+        let item_vec = self.latent(2, v);
         let item: [f64; LATENT] = match &self.domain_view {
-            None => self.item_vec[v],
+            None => item_vec,
             Some(views) => {
                 let mut out = [0.0; LATENT];
                 for (a, o) in out.iter_mut().enumerate() {
-                    *o = views[d][a].iter().zip(&self.item_vec[v]).map(|(m, x)| m * x).sum();
+                    *o = views[d][a].iter().zip(&item_vec).map(|(m, x)| m * x).sum();
                 }
                 out
             }
         };
-        let affinity: f64 = self.user_vec[u].iter().zip(&item).map(|(a, b)| a * b).sum();
+        let affinity: f64 = self.latent(1, u).iter().zip(&item).map(|(a, b)| a * b).sum();
         let mut p = [0.0; TASKS];
         let mut y = [0.0f32; TASKS];
         let mut shared = 0.0;

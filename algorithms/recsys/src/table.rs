@@ -612,6 +612,55 @@ fn read_files(paths: &[PathBuf], wanted: &BTreeSet<String>) -> Result<FileData, 
     Ok(data)
 }
 
+/// Columns read from CSV/TSV/JSONL files by name, for readers other than a
+/// [`TableSpec`] (the KuaiSim log reader): the same quote-aware parsing and
+/// interned storage, each row's file and line kept for error messages.
+pub struct Columns {
+    data: FileData,
+}
+
+impl Columns {
+    pub fn rows(&self) -> usize {
+        self.data.rows()
+    }
+
+    /// Every column of the header(s).
+    pub fn names(&self) -> &[String] {
+        &self.data.columns
+    }
+
+    /// Whether `name` was read (asked for and present).
+    pub fn has(&self, name: &str) -> bool {
+        self.data.kept.contains_key(name)
+    }
+
+    /// Column `name`: each row's code into its distinct values.
+    pub fn codes(&self, name: &str) -> Option<(&[u32], &[String])> {
+        self.data.kept.get(name).map(|c| (c.codes.as_slice(), c.values.as_slice()))
+    }
+
+    pub fn text(&self, name: &str, row: usize) -> Option<&str> {
+        self.codes(name).map(|(codes, values)| values[codes[row] as usize].as_str())
+    }
+
+    /// (path, line) of row `row`.
+    pub fn place(&self, row: usize) -> (String, usize) {
+        self.data.place(row)
+    }
+
+    /// The files, joined with " + ".
+    pub fn describe(&self) -> String {
+        self.data.describe()
+    }
+}
+
+/// Reads `paths` as one table (their headers must name the same columns),
+/// keeping the columns in `wanted` that exist.
+pub fn read_columns(paths: &[PathBuf], wanted: &[&str]) -> Result<Columns, TableError> {
+    let wanted: BTreeSet<String> = wanted.iter().map(|w| w.to_string()).collect();
+    read_files(paths, &wanted).map(|data| Columns { data })
+}
+
 /// Where a column's values come from: the log itself or a joined file.
 struct Column<'a> {
     data: &'a Interned,

@@ -105,6 +105,7 @@ impl RecsysTrainer {
             domains: schema.domains,
             tasks,
             embedding: cfg.embedding_dim,
+            sparse_min_rows: cfg.sparse_min_rows,
             hidden: cfg.hidden,
             tower_hidden: cfg.tower_hidden,
             experts: cfg.experts,
@@ -186,6 +187,10 @@ impl Algorithm for RecsysTrainer {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    fn sparse_parameters(&self) -> Vec<String> {
+        self.model.sparse_tables().to_vec()
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {

@@ -38,6 +38,8 @@ pub struct Dims {
     pub domains: i64,
     pub tasks: usize,
     pub embedding: i64,
+    /// Tables of at least this many rows get row-sparse gradients.
+    pub sparse_min_rows: u64,
     pub hidden: i64,
     pub tower_hidden: i64,
     /// Shared experts (MMoE, PLE, M3oE).
@@ -80,10 +82,13 @@ pub(crate) fn mix(experts: &Tensor, gate_logits: &Tensor) -> Tensor {
 /// dense features, concatenated.
 pub struct InputLayer {
     sparse: Vec<nn::Embedding>,
-    /// Multi-hot tables, read with `embedding_bag`.
-    bags: Vec<Tensor>,
+    /// Multi-hot tables, read with `embedding_bag`, and whether each has
+    /// row-sparse gradients.
+    bags: Vec<(Tensor, bool)>,
     domain: nn::Embedding,
     pub width: i64,
+    /// Variable names of the tables with row-sparse gradients.
+    pub sparse_tables: Vec<String>,
 }
 
 /// A parameter-path-safe, unique name for a field's table.
@@ -100,18 +105,45 @@ fn table_name(field: &str, suffix: &str, taken: &mut Vec<String>) -> String {
 }
 
 impl InputLayer {
-    pub fn new(root: &nn::Path, schema: &Schema, embedding: i64) -> InputLayer {
+    /// Tables of at least `sparse_min_rows` rows get row-sparse gradients.
+    pub fn new(root: &nn::Path, schema: &Schema, embedding: i64, sparse_min_rows: u64) -> InputLayer {
         // Small initial embeddings, as usual for CTR models: with N(0, 1) the random
         // user*item products drown the signal and the factorisation is learnt slowly.
         let init = nn::Init::Randn { mean: 0.0, stdev: 0.05 };
         let emb = nn::EmbeddingConfig { ws_init: init, ..Default::default() };
         let mut taken = Vec::new();
-        let sparse: Vec<nn::Embedding> = schema.sparse.iter().map(|(f, v)| nn::embedding(root / table_name(f, "emb", &mut taken), *v, embedding, emb)).collect();
-        let bags: Vec<Tensor> = schema.multi_hot.iter().map(|(f, v)| root.var(&table_name(f, "bag_emb", &mut taken), &[*v, embedding], init)).collect();
+        let mut sparse_tables = Vec::new();
+        let path = root.components().collect::<Vec<_>>().join(".");
+        let full = |name: &str| if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+        let sparse: Vec<nn::Embedding> = schema
+            .sparse
+            .iter()
+            .map(|(f, v)| {
+                let name = table_name(f, "emb", &mut taken);
+                let big = *v as u64 >= sparse_min_rows;
+                if big {
+                    sparse_tables.push(full(&format!("{name}.weight")));
+                }
+                nn::embedding(root / name, *v, embedding, nn::EmbeddingConfig { sparse: big, ..emb })
+            })
+            .collect();
+        let bags: Vec<(Tensor, bool)> = schema
+            .multi_hot
+            .iter()
+            .map(|(f, v)| {
+                let name = table_name(f, "bag_emb", &mut taken);
+                let big = *v as u64 >= sparse_min_rows;
+                if big {
+                    sparse_tables.push(full(&name));
+                }
+                (root.var(&name, &[*v, embedding], init), big)
+            })
+            .collect();
         let fields = (sparse.len() + bags.len()) as i64;
         InputLayer {
             sparse,
             bags,
+            sparse_tables,
             domain: nn::embedding(root / "domain_emb", schema.domains, 4, emb),
             // [fields..., interactions, domain, dense]: the pairwise products give
             // the layers above the user-item affinity directly, as factorisation-
@@ -122,9 +154,9 @@ impl InputLayer {
 
     pub fn forward(&self, b: &Batch) -> Tensor {
         let mut fields: Vec<Tensor> = self.sparse.iter().enumerate().map(|(k, e)| e.forward(&b.sparse.select(1, k as i64))).collect();
-        for (table, bag) in self.bags.iter().zip(&b.multi_hot) {
+        for ((table, sparse), bag) in self.bags.iter().zip(&b.multi_hot) {
             // Mode 1: the mean of a row's embeddings (zeros for an empty row).
-            let (pooled, _, _, _) = Tensor::embedding_bag(table, &bag.ids, &bag.offsets, false, 1, false, None::<Tensor>, false);
+            let (pooled, _, _, _) = Tensor::embedding_bag(table, &bag.ids, &bag.offsets, false, 1, *sparse, None::<Tensor>, false);
             fields.push(pooled);
         }
         let mut parts = Vec::with_capacity(fields.len() + 3);
@@ -172,7 +204,7 @@ impl MultiTaskModel {
     /// `calibration`: AITM's calibrator weight (ignored by the others).
     /// `d.domains` and `d.tasks` must be the schema's.
     pub fn new(root: &nn::Path, arch: Arch, schema: &Schema, d: Dims, calibration: f64) -> Self {
-        let input = InputLayer::new(root, schema, d.embedding);
+        let input = InputLayer::new(root, schema, d.embedding, d.sparse_min_rows);
         let w = input.width;
         let body = match arch {
             Arch::SharedBottom => Body::SharedBottom(shared::SharedBottom::new(root, w, &d)),
@@ -198,6 +230,11 @@ impl MultiTaskModel {
             Body::Star(m) => plain(m.forward(&x, &b.domain)),
             Body::M3oe(m) => plain(m.forward(&x, &b.domain)),
         }
+    }
+
+    /// Variable names of the embedding tables with row-sparse gradients.
+    pub fn sparse_tables(&self) -> &[String] {
+        &self.input.sparse_tables
     }
 
     /// M3oE's structure scalars (others have none).

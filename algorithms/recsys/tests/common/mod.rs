@@ -5,7 +5,17 @@ use kiln_recsys::batch::Batch;
 use kiln_recsys::metrics::auc;
 use kiln_recsys::models::MultiTaskModel;
 use tch::nn::{self, OptimizerConfig};
+use std::sync::{Mutex, MutexGuard};
 use tch::{Kind, Reduction, Tensor};
+
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// Holds torch's global generator for one seeded build-and-train: tests of one
+/// binary run on parallel threads, and interleaved draws would make each
+/// model's initial weights depend on the others'.
+pub fn serial() -> MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `steps` Adam steps at `lr` on `batch(step)`: the tasks' mean log-loss plus
 /// the model's auxiliary loss.
