@@ -10,6 +10,7 @@ mod bench;
 mod coord_cmd;
 mod export_cmd;
 mod grn_cmd;
+mod kuaisim_cmd;
 mod registry;
 mod report;
 mod run;
@@ -61,6 +62,9 @@ enum Command {
     /// Gene regulatory networks: evaluate a ranked edge list (BEELINE's metrics), compute baselines.
     #[command(subcommand)]
     Grn(grn_cmd::GrnCommand),
+    /// KuaiSim: synthetic KuaiRand-layout logs from a known user model.
+    #[command(subcommand)]
+    Kuaisim(kuaisim_cmd::KuaisimCommand),
     /// SLURM without a coordinator: render or submit a job's sbatch script.
     #[command(subcommand)]
     Slurm(slurm_cmd::SlurmCommand),
@@ -130,6 +134,7 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
         }
         Command::Export(a) => export_cmd::export(a),
         Command::Grn(c) => grn_cmd::grn(c),
+        Command::Kuaisim(c) => kuaisim_cmd::kuaisim(c),
         Command::Sweep(a) => sweep_cmd::sweep(a),
         Command::Bench(b) => bench::bench(b),
         Command::Slurm(c) => slurm_cmd::slurm(c),

@@ -37,6 +37,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("broadcast_from_last", broadcast_from_last),
     ("all_gather_bytes_ragged", all_gather_bytes_ragged),
     ("all_gather_tensors", all_gather_tensors),
+    ("all_gather_f32_ragged", all_gather_f32_ragged),
     ("grad_sync_sparse_rows", grad_sync_sparse_rows),
     ("any_flag", any_flag),
     ("barrier", barrier),
@@ -179,6 +180,17 @@ fn all_gather_bytes_ragged(comm: &dyn Communicator, _d: Device) -> Result<(), St
         if part != &vec![r as u8; r] {
             return Err(format!("part {r} is {part:?}"));
         }
+    }
+    Ok(())
+}
+
+fn all_gather_f32_ragged(comm: &dyn Communicator, _d: Device) -> Result<(), String> {
+    // Rank r sends r + 1 copies of r + 0.5: concatenated in rank order.
+    let mine = vec![comm.rank() as f32 + 0.5; comm.rank() + 1];
+    let got = comm.all_gather_f32(&mine).map_err(|e| e.to_string())?;
+    let want: Vec<f32> = (0..comm.world_size()).flat_map(|r| vec![r as f32 + 0.5; r + 1]).collect();
+    if got != want {
+        return Err(format!("got {got:?}, expected {want:?}"));
     }
     Ok(())
 }

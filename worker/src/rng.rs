@@ -34,6 +34,46 @@ pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     idx
 }
 
+/// An endless stream over `n` rows in epochs, each epoch in its own
+/// [`shuffled`] order: position i is row `order_e[i mod n]` of epoch
+/// `e = i / n`. Any rank can read any slice of any step, so N ranks and a
+/// resumed run see one uninterrupted run's rows. Keeps the last two epochs'
+/// orders (a step may straddle two).
+pub struct EpochStream {
+    n: usize,
+    seed: u64,
+    orders: std::sync::Mutex<Vec<(u64, Vec<usize>)>>,
+}
+
+impl EpochStream {
+    /// `n` must be at least 1.
+    pub fn new(n: usize, seed: u64) -> EpochStream {
+        EpochStream { n: n.max(1), seed, orders: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Rows at stream positions `[start, start + count)`.
+    pub fn rows(&self, start: u64, count: usize) -> Vec<usize> {
+        let len = self.n as u64;
+        let mut orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
+        (start..start + count as u64)
+            .map(|i| {
+                let epoch = i / len;
+                let k = match orders.iter().position(|(e, _)| *e == epoch) {
+                    Some(k) => k,
+                    None => {
+                        if orders.len() == 2 {
+                            orders.remove(0);
+                        }
+                        orders.push((epoch, shuffled(self.n, self.seed, epoch)));
+                        orders.len() - 1
+                    }
+                };
+                orders[k].1[(i % len) as usize]
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,7 @@
 use crate::batch::{Batch, Schema};
 use crate::data::Generator;
 use crate::table::{Rows, Table};
-use kiln_worker::rng::shuffled;
-use std::sync::Mutex;
+use kiln_worker::rng::EpochStream;
 use tch::Device;
 
 /// A held-out set the trainer evaluates: its metric-key prefix and size.
@@ -26,14 +25,14 @@ pub enum Source {
 
 pub struct TableSource {
     table: Table,
-    seed: u64,
-    /// The last two epochs' training orders (a step may straddle two epochs).
-    orders: Mutex<Vec<(u64, Vec<usize>)>>,
+    /// The training rows in a seeded order per epoch.
+    stream: EpochStream,
 }
 
 impl TableSource {
     pub fn new(table: Table, seed: u64) -> TableSource {
-        TableSource { table, seed, orders: Mutex::new(Vec::new()) }
+        let stream = EpochStream::new(table.train.len(), seed);
+        TableSource { table, stream }
     }
 
     pub fn table(&self) -> &Table {
@@ -42,24 +41,7 @@ impl TableSource {
 
     /// Training rows of stream positions `[start, start + n)`.
     fn train_rows(&self, start: u64, n: usize) -> Vec<usize> {
-        let len = self.table.train.len() as u64;
-        let mut orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
-        (start..start + n as u64)
-            .map(|i| {
-                let epoch = i / len;
-                let k = match orders.iter().position(|(e, _)| *e == epoch) {
-                    Some(k) => k,
-                    None => {
-                        if orders.len() == 2 {
-                            orders.remove(0);
-                        }
-                        orders.push((epoch, shuffled(len as usize, self.seed, epoch)));
-                        orders.len() - 1
-                    }
-                };
-                orders[k].1[(i % len) as usize]
-            })
-            .collect()
+        self.stream.rows(start, n)
     }
 }
 

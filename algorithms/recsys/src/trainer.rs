@@ -256,12 +256,7 @@ impl Algorithm for RecsysTrainer {
             let rows = Tensor::cat(&cols, 1).contiguous();
             let width = rows.size()[1] as usize;
             let mine: Vec<f32> = Vec::<f32>::try_from(rows.reshape([-1]))?;
-            let bytes: Vec<u8> = mine.iter().flat_map(|f| f.to_le_bytes()).collect();
-            let parts = ctx.comm.all_gather_bytes(&bytes)?;
-            let all: Vec<f32> = parts
-                .iter()
-                .flat_map(|p| p.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect();
+            let all = ctx.comm.all_gather_f32(&mine)?;
             let rows: Vec<&[f32]> = all.chunks_exact(width).collect();
             let col = |rows: &[&[f32]], c: usize| rows.iter().map(|r| r[c]).collect::<Vec<f32>>();
             let tasks = self.tasks.len();

@@ -57,6 +57,13 @@ pub trait Communicator {
     /// Every rank's bytes, in rank order; lengths may differ between ranks.
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CommError>;
 
+    /// Every rank's numbers, concatenated in rank order; lengths may differ
+    /// (e.g. each rank's share of an evaluation's scores, for an exact metric).
+    fn all_gather_f32(&self, values: &[f32]) -> Result<Vec<f32>, CommError> {
+        let bytes: Vec<u8> = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+        Ok(self.all_gather_bytes(&bytes)?.iter().flat_map(|p| p.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+    }
+
     /// Every rank's tensor, in rank order, on the device `tensor` is on. Shapes must
     /// agree across ranks.
     fn all_gather(&self, tensor: &Tensor) -> Result<Vec<Tensor>, CommError> {

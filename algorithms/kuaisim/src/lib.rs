@@ -1,0 +1,24 @@
+//! KuaiSim for kiln: a user simulator trained on KuaiRand-layout logs.
+//!
+//! Owns the log processing ([`log`]: reader, k-core filter, sessions, splits,
+//! histories, features), a generator of synthetic logs from a known user
+//! model ([`synth`]), the immediate multi-behaviour user response model
+//! ([`response`], built from the small Transformer pieces in [`layers`]) and
+//! the trainer that implements `kiln_worker::Algorithm` for it ([`trainer`]).
+//! Its [`ENTRIES`] are what the `kiln` registry lists.
+//!
+//! It must not launch processes, sync gradients or write checkpoints: the
+//! worker's training loop does that for every algorithm.
+
+pub mod layers;
+pub mod log;
+pub mod response;
+pub mod synth;
+pub mod trainer;
+
+pub use trainer::ENTRIES;
+
+/// The behaviours KuaiSim models, in its order (the log's column names).
+pub const BEHAVIOURS: [&str; 7] = ["is_click", "long_view", "is_like", "is_comment", "is_forward", "is_follow", "is_hate"];
+/// How many.
+pub const NB: usize = 7;
