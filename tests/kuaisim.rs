@@ -1,6 +1,7 @@
 //! KuaiSim as kiln jobs: the response model trains on synthetic KuaiRand-layout
-//! logs on 2 ranks with per-behaviour metrics, equals a 1-rank run, resumes
-//! exactly, and bad logs are refused with their place.
+//! logs on 2 ranks with per-behaviour metrics, equals a 1-rank run, exports a
+//! simulator the environments load, resumes exactly, and bad logs are refused
+//! with their place.
 
 mod common;
 use common::*;
@@ -65,6 +66,15 @@ fn the_response_model_trains_as_a_job_on_two_ranks_equal_to_one_and_resumes_exac
     }
     let one = final_eval(dir.path(), "r1");
     assert!((e["mean_auc"].as_f64().unwrap() - one["mean_auc"].as_f64().unwrap()).abs() < 1e-6, "{e} vs {one}");
+    // Exported, the trained model is a simulator the environments load.
+    let mut c = kiln();
+    c.current_dir(dir.path()).arg("export").arg(dir.path().join("r2.toml")).arg("--out").arg(dir.path().join("sim"));
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", text(&out));
+    let sim = kiln_kuaisim::env::Simulator::load(&dir.path().join("sim"), tch::Device::Cpu).unwrap();
+    let mut env = kiln_kuaisim::env::Env::new(&sim, kiln_kuaisim::env::EnvConfig { batch: 4, ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::CrossSession) }, 1).unwrap();
+    let s = env.step(&kiln_kuaisim::env::Action::Fusion(tch::Tensor::ones([4, 7], (tch::Kind::Float, tch::Device::Cpu)))).unwrap();
+    assert_eq!(s.responses.size(), [4, 6, 7]);
     kill_then_resume(dir.path(), &response_job(dir.path(), &data, "killed", 12, 4, ""), 2, "kill-rank:1:after-step:6");
     let d = max_diff(&params(dir.path(), "killed", 12), &params(dir.path(), "r2", 12));
     assert!(d <= 1e-6, "the resumed run differs by {d}");

@@ -3,13 +3,15 @@
 //! Owns the log processing ([`log`]: reader, k-core filter, sessions, splits,
 //! histories, features), a generator of synthetic logs from a known user
 //! model ([`synth`]), the immediate multi-behaviour user response model
-//! ([`response`], built from the small Transformer pieces in [`layers`]) and
+//! ([`response`], built from the small Transformer pieces in [`layers`]), the
+//! batched environments of the three levels ([`env`]) and
 //! the trainer that implements `kiln_worker::Algorithm` for it ([`trainer`]).
 //! Its [`ENTRIES`] are what the `kiln` registry lists.
 //!
 //! It must not launch processes, sync gradients or write checkpoints: the
 //! worker's training loop does that for every algorithm.
 
+pub mod env;
 pub mod layers;
 pub mod log;
 pub mod response;

@@ -8,7 +8,7 @@
 
 use crate::{BEHAVIOURS, NB};
 use kiln_recsys::table::{read_columns, Columns, TableError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ pub enum LogError {
 }
 
 /// Which files and how to process them (`[algorithm.data]` of KuaiSim jobs).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSpec {
     /// The log file(s), read in order as one log.
@@ -71,6 +71,12 @@ impl Default for LogSpec {
 }
 
 impl LogSpec {
+    /// The same spec with every path absolute (for an export read elsewhere).
+    pub fn absolute(&self) -> LogSpec {
+        let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        LogSpec { log: self.log.iter().map(abs).collect(), user_features: self.user_features.as_ref().map(abs), video_features: self.video_features.as_ref().map(abs), ..self.clone() }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.log.is_empty() {
             return Err("log names no file: give the KuaiRand-layout log file(s)".into());

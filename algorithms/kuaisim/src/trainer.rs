@@ -129,7 +129,7 @@ impl Algorithm for ResponseTrainer {
             let ids: Vec<&Tensor> = ["item.id.weight", "user.id.weight"].iter().filter_map(|k| vars.get(*k)).collect();
             let reg = ids.iter().map(|t| t.square().mean(Kind::Float)).fold(Tensor::zeros([], (Kind::Float, self.device)), |a, x| a + x);
             scalars.insert("l2".into(), reg.double_value(&[]));
-            loss = loss + reg * self.job.l2;
+            loss += reg * self.job.l2;
         }
         loss.f_backward()?;
         Ok(StepOutput { loss: loss.double_value(&[]), samples: per, scalars })
@@ -173,5 +173,15 @@ impl Algorithm for ResponseTrainer {
 
     fn global_batch(&self) -> usize {
         self.global_batch
+    }
+
+    /// The simulator's response model for the environments: its weights
+    /// (`response.safetensors`) and what rebuilds it (`simulator.json`: the
+    /// model settings and the log spec, paths made absolute).
+    fn export(&self, dir: &std::path::Path) -> Result<(), WorkerError> {
+        let err = |e: String| WorkerError::algo("kuaisim.response", e);
+        self.vs.save(dir.join(crate::env::WEIGHTS)).map_err(|e| err(format!("writing the weights: {e}")))?;
+        let meta = serde_json::json!({ "model": self.job.model, "data": self.job.data.absolute() });
+        std::fs::write(dir.join(crate::env::META), serde_json::to_string_pretty(&meta).unwrap_or_default()).map_err(|e| err(format!("writing {}: {e}", crate::env::META)))
     }
 }

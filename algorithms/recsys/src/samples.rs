@@ -59,7 +59,7 @@ pub fn movielens_1m(path: &Path, users: u64, movies: u64, rows: u64, seed: u64) 
     let mut text = String::from("user_id,movie_id,rating,timestamp,title,genres,gender,age,occupation,zip\n");
     for i in 0..rows {
         let u = (splitmix(seed ^ i.wrapping_mul(2)) % users) + 1;
-        let m = (splitmix(seed ^ i.wrapping_mul(2) + 1) % movies) + 1;
+        let m = (splitmix(seed ^ (i.wrapping_mul(2) + 1)) % movies) + 1;
         let age = AGES[(splitmix(u ^ 0xa9e) % 7) as usize];
         let domain = match age {
             1 | 18 => 0,
@@ -85,8 +85,8 @@ pub fn kuairand(dir: &Path, users: u64, videos: u64, rows: u64, seed: u64) -> st
     let mut log = String::from("user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,is_forward,is_hate,long_view,play_time_ms,duration_ms,profile_stay_time,comment_stay_time,is_profile_enter,is_rand,tab\n");
     for i in 0..rows {
         let u = splitmix(seed ^ i.wrapping_mul(3)) % users;
-        let v = splitmix(seed ^ i.wrapping_mul(3) + 1) % videos;
-        let tab = splitmix(seed ^ i.wrapping_mul(3) + 2) % 5;
+        let v = splitmix(seed ^ (i.wrapping_mul(3) + 1)) % videos;
+        let tab = splitmix(seed ^ (i.wrapping_mul(3) + 2)) % 5;
         let s = r.score(u, v, tab, i);
         let click = s > 0.0;
         let long_view = click && s + 0.6 * r.normal(7, i) > 0.8;
