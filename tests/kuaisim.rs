@@ -71,8 +71,8 @@ fn the_response_model_trains_as_a_job_on_two_ranks_equal_to_one_and_resumes_exac
     c.current_dir(dir.path()).arg("export").arg(dir.path().join("r2.toml")).arg("--out").arg(dir.path().join("sim"));
     let out = run(&mut c);
     assert!(out.status.success(), "{}", text(&out));
-    let sim = kiln_kuaisim::env::Simulator::load(&dir.path().join("sim"), tch::Device::Cpu).unwrap();
-    let mut env = kiln_kuaisim::env::Env::new(&sim, kiln_kuaisim::env::EnvConfig { batch: 4, ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::CrossSession) }, 1).unwrap();
+    let sim = std::sync::Arc::new(kiln_kuaisim::env::Simulator::load(&dir.path().join("sim"), tch::Device::Cpu).unwrap());
+    let mut env = kiln_kuaisim::env::Env::new(sim, kiln_kuaisim::env::EnvConfig { batch: 4, ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::CrossSession) }, 1).unwrap();
     let s = env.step(&kiln_kuaisim::env::Action::Fusion(tch::Tensor::ones([4, 7], (tch::Kind::Float, tch::Device::Cpu)))).unwrap();
     assert_eq!(s.responses.size(), [4, 6, 7]);
     kill_then_resume(dir.path(), &response_job(dir.path(), &data, "killed", 12, 4, ""), 2, "kill-rank:1:after-step:6");
@@ -89,4 +89,95 @@ fn the_response_model_trains_as_a_job_on_two_ranks_equal_to_one_and_resumes_exac
     assert!(!out.status.success() && text(&out).contains("lacks the column long_view; its columns are: user_id, video_id"), "{}", text(&out));
     let out = kiln_run(dir.path(), &response_job(dir.path(), &data, "bad2", 2, 0, "missing_features = \"skip\""), 1, &[]);
     assert!(!out.status.success() && text(&out).contains("algorithm.data") && text(&out).contains("missing_features 'skip' is not one of unknown, error"), "{}", text(&out));
+}
+
+/// A `kuaisim.ddpg`/`kuaisim.td3` job against the simulator exported to `sim`.
+fn agent_job(dir: &Path, sim: &Path, name: &str, algo: &str, steps: u64, every: u64) -> PathBuf {
+    let text = format!(
+        r#"name = "{name}"
+[checkpoint]
+store = "{store}"
+every = {every}
+keep = 10
+[train]
+steps = {steps}
+seed = 5
+global_batch = 64
+log_every = 20
+eval_every = {steps}
+[train.optimizer]
+kind = "adamw"
+lr = 0.001
+weight_decay = 0.0
+[algorithm]
+name = "{algo}"
+simulator = "{sim}"
+start_steps = 50
+noise = 0.3
+buffer = 5000
+hidden = [64, 32]
+actor_lr_scale = 1.0
+eval_users = 48
+[algorithm.env]
+level = "whole-session"
+batch = 8
+initial_temper = 20
+"#,
+        store = dir.join("store").display(),
+        sim = sim.display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let mut c = kiln();
+    c.args(["kuaisim", "synth", "--out"]).arg(&data).args(["--users", "60", "--items", "40", "--days", "10"]);
+    assert!(run(&mut c).status.success());
+    let out = kiln_run(dir.path(), &response_job(dir.path(), &data, "uirm", 600, 0, ""), 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sim = dir.path().join("sim");
+    let mut c = kiln();
+    c.arg("export").arg(dir.path().join("uirm.toml")).arg("--out").arg(&sim);
+    assert!(run(&mut c).status.success());
+    // The random policy's whole sessions on the same simulator and settings.
+    let simulator = std::sync::Arc::new(kiln_kuaisim::env::Simulator::load(&sim, tch::Device::Cpu).unwrap());
+    let cfg = kiln_kuaisim::env::EnvConfig { batch: 8, initial_temper: Some(20.0), ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::WholeSession) };
+    let mut env = kiln_kuaisim::env::Env::new(simulator.clone(), cfg, 99).unwrap();
+    let n = simulator.item_count() as u64;
+    let step = std::cell::Cell::new(0u64);
+    let random = kiln_kuaisim::agents::play(&mut env, 400, |s| {
+        step.set(step.get() + 1);
+        let ids: Vec<i64> = (0..s.size()[0] as u64 * 6).map(|k| 1 + (kiln_worker::rng::splitmix(step.get() * 977 + k) % n) as i64).collect();
+        tch::Tensor::from_slice(&ids).view([s.size()[0], 6])
+    })
+    .unwrap();
+    let random_total = random.session_reward / random.sessions;
+    for algo in ["kuaisim.ddpg", "kuaisim.td3"] {
+        let name = algo.replace('.', "-");
+        let out = kiln_run(dir.path(), &agent_job(dir.path(), &sim, &name, algo, 1500, 0), 2, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let e = final_eval(dir.path(), &name);
+        let total = e["total_reward"].as_f64().unwrap();
+        eprintln!("{algo}: {e}; random total reward {random_total:.3}, depth {:.2}", random.steps / random.sessions);
+        assert!(total > random_total * 1.2, "{algo}: total reward per session {total:.3} vs random {random_total:.3}");
+        for k in ["depth", "avg_reward", "coverage", "ild"] {
+            assert!(e[k].as_f64().is_some_and(f64::is_finite), "{k} in {e}");
+        }
+    }
+    // Killed after step 70 and resumed from 60: replay buffers, environments
+    // and target networks come back, so the run ends where an uninterrupted one does.
+    for (name, kill) in [("ddpg-full", None), ("ddpg-killed", Some("kill-rank:1:after-step:70"))] {
+        let spec = agent_job(dir.path(), &sim, name, "kuaisim.ddpg", 100, 30);
+        match kill {
+            None => assert!(kiln_run(dir.path(), &spec, 2, &[]).status.success()),
+            Some(f) => kill_then_resume(dir.path(), &spec, 2, f),
+        }
+    }
+    let d = max_diff(&params(dir.path(), "ddpg-killed", 100), &params(dir.path(), "ddpg-full", 100));
+    assert!(d <= 1e-6, "the resumed agent differs by {d}");
 }

@@ -181,6 +181,11 @@ fn all_gather_bytes_ragged(comm: &dyn Communicator, _d: Device) -> Result<(), St
             return Err(format!("part {r} is {part:?}"));
         }
     }
+    // Nothing from anyone.
+    let none = comm.all_gather_bytes(&[]).map_err(|e| e.to_string())?;
+    if none.len() != comm.world_size() || none.iter().any(|p| !p.is_empty()) {
+        return Err(format!("gathering nothing gave {none:?}"));
+    }
     Ok(())
 }
 

@@ -84,6 +84,29 @@ pub trait Algorithm {
         }
     }
 
+    /// State that differs between ranks and a resumed run needs (e.g. a
+    /// rank's replay buffer and environment). Every rank's is saved with each
+    /// checkpoint (gathered to rank 0, a shard per rank) and handed back to
+    /// the same rank by [`Algorithm::load_rank_state`] (empty when the
+    /// checkpoint has none for it, e.g. after a change of world size).
+    fn rank_state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(WorkerError::algo(self.name(), "the checkpoint holds per-rank state this algorithm does not read"))
+        }
+    }
+
+    /// Learning-rate multipliers by parameter name (others: 1), for parts
+    /// trained at their own rate (an actor 10× slower than its critic).
+    fn lr_scales(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
+
     /// Writes the trained model in its ecosystem's own format to `dir` (for
     /// `kiln export`), e.g. a Hugging Face model folder.
     fn export(&self, dir: &std::path::Path) -> Result<(), WorkerError> {

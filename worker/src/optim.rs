@@ -20,6 +20,8 @@ pub struct Optimizer {
     /// SGD's first momentum step use it, so a parameter that starts training
     /// late (a frozen stage thawed mid-run) starts as PyTorch's would.
     updates: Vec<i64>,
+    /// Per parameter: its learning-rate multiplier.
+    scales: Vec<f64>,
 }
 
 impl Optimizer {
@@ -30,7 +32,16 @@ impl Optimizer {
         };
         let state = params.iter().map(|p| (0..slots).map(|_| p.zeros_like()).collect()).collect();
         let updates = vec![0; params.len()];
-        Optimizer { spec, params, state, steps: 0, updates }
+        let scales = vec![1.0; params.len()];
+        Optimizer { spec, params, state, steps: 0, updates, scales }
+    }
+
+    /// Per-parameter learning-rate multipliers (same order as the parameters).
+    pub fn with_scales(mut self, scales: Vec<f64>) -> Self {
+        if scales.len() == self.params.len() {
+            self.scales = scales;
+        }
+        self
     }
 
     pub fn steps(&self) -> i64 {
@@ -55,7 +66,9 @@ impl Optimizer {
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.steps += 1;
-        for ((p, st), n) in self.params.iter_mut().zip(self.state.iter_mut()).zip(self.updates.iter_mut()) {
+        let base = lr;
+        for (((p, st), n), scale) in self.params.iter_mut().zip(self.state.iter_mut()).zip(self.updates.iter_mut()).zip(&self.scales) {
+            let lr = base * scale;
             let g = p.grad();
             if !g.defined() || !p.requires_grad() {
                 continue;
@@ -385,5 +398,17 @@ mod tests {
         let momentum = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.0 };
         let (a, b) = sparse_and_dense(momentum, &[&[2], &[2, 4]]);
         assert!(close(&a, &b), "a row present at every step moves as dense; an unseen row's buffer starts at its first gradient");
+    }
+
+    #[test]
+    fn a_learning_rate_scale_multiplies_that_parameters_steps() {
+        let spec = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let (a, b) = (quadratic_param(), quadratic_param());
+        let mut opt = Optimizer::new(spec, vec![a.shallow_clone(), b.shallow_clone()]).with_scales(vec![1.0, 0.1]);
+        opt.zero_grad();
+        ((&a * &a).sum(Kind::Float) + (&b * &b).sum(Kind::Float)).backward();
+        opt.step(0.1);
+        let (da, db) = (3.0 - f32::try_from(a.get(0)).unwrap(), 3.0 - f32::try_from(b.get(0)).unwrap());
+        assert!((da - 0.6).abs() < 1e-6 && (db - 0.06).abs() < 1e-6, "{da} {db}");
     }
 }

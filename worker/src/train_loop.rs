@@ -80,6 +80,11 @@ fn step_seed(seed: u64, step: u64, rank: usize) -> i64 {
 /// The shard holding [`Algorithm::state`], present only when it is non-empty.
 const ALGORITHM_SHARD: &str = "algorithm.safetensors";
 
+/// The shard of rank `r`'s own state.
+fn rank_shard(r: usize) -> String {
+    format!("rank-{r:05}.safetensors")
+}
+
 /// Where early stopping stands. It rides in every checkpoint's `state.json`,
 /// so a resumed run stops where an uninterrupted one would (and a run that
 /// has stopped stays stopped).
@@ -139,12 +144,16 @@ impl Checkpointer<'_> {
     /// Rank 0 snapshots to host memory and uploads (in the background when the spec
     /// says so). At most one upload is in flight: the previous one is finished, and
     /// old checkpoints pruned, first.
-    fn save(&mut self, rank: usize, step: u64, params: &[(String, Tensor)], opt: &Optimizer, algo: &dyn Algorithm, wait: bool) -> Result<(), WorkerError> {
+    fn save(&mut self, comm: &dyn Communicator, step: u64, params: &[(String, Tensor)], opt: &Optimizer, algo: &dyn Algorithm, wait: bool) -> Result<(), WorkerError> {
         if self.last_saved == Some(step) {
             return if wait { self.finish() } else { Ok(()) };
         }
         self.last_saved = Some(step);
-        if rank != 0 {
+        // Every rank's own state (replay buffers, …), gathered for rank 0.
+        let own = algo.rank_state();
+        let own = if own.is_empty() { Vec::new() } else { encode_tensors_into(&own, Vec::new())?.to_vec() };
+        let per_rank = comm.all_gather_bytes(&own)?;
+        if comm.rank() != 0 {
             return Ok(());
         }
         self.finish()?;
@@ -161,6 +170,9 @@ impl Checkpointer<'_> {
         let algo_state = algo.state();
         if !algo_state.is_empty() {
             shards.push(Shard { name: ALGORITHM_SHARD.into(), data: encode_tensors_into(&algo_state, Vec::new())? });
+        }
+        for (r, bytes) in per_rank.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+            shards.push(Shard { name: rank_shard(r), data: bytes.into() });
         }
         let meta = SaveMeta { step, world_size: self.world, spec_hash: self.spec.hash() };
         if self.spec.checkpoint.async_upload && !wait {
@@ -210,7 +222,9 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     }
     broadcast_parameters(comm, &mut params)?;
     let sync = GradSync::with_sparse(&params, (spec.train.bucket_mb * 1024.0 * 1024.0) as usize, &sparse);
-    let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect());
+    let scales: BTreeMap<String, f64> = algo.lr_scales().into_iter().collect();
+    let mut opt = Optimizer::new(spec.train.optimizer.clone(), params.iter().map(|t| t.shallow_clone()).collect())
+        .with_scales(named.iter().map(|(n, _)| scales.get(n).copied().unwrap_or(1.0)).collect());
 
     // Resume point, agreed by all ranks.
     let (start, corrupt, early_stop) = resume_point(comm, &store, spec, cfg.resume, &named, &mut opt, algo)?;
@@ -335,14 +349,14 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
         }
 
         if spec.checkpoint.every > 0 && done % spec.checkpoint.every == 0 && done < total {
-            ckpt.save(me, done, &named, &opt, &*algo, false)?;
+            ckpt.save(comm, done, &named, &opt, &*algo, false)?;
             metrics.event(json!({ "event": "checkpoint", "step": done }));
         }
 
         fault::after_step(me, done, stop);
         if comm.any(stop.raised())? && done < total {
             tracing::warn!(step = done, "stop requested: checkpointing and exiting");
-            ckpt.save(me, done, &named, &opt, &*algo, true)?;
+            ckpt.save(comm, done, &named, &opt, &*algo, true)?;
             if me == 0 {
                 publish_artifacts(&ckpt.store, cfg)?;
             }
@@ -361,7 +375,7 @@ pub fn train(rank: &Rank, algo: &mut dyn Algorithm, cfg: &RunConfig, stop: &Stop
     // Every rank's peak resident memory so far (training, evaluations, earlier
     // checkpoints; not the final one's encoding), for the summary.
     let peaks: Vec<Option<f64>> = comm.all_gather_bytes(&peak_rss_mb().unwrap_or(f64::NAN).to_le_bytes())?.iter().map(|b| b.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(f64::from_le_bytes).filter(|x| x.is_finite())).collect();
-    ckpt.save(me, total, &named, &opt, &*algo, true)?;
+    ckpt.save(comm, total, &named, &opt, &*algo, true)?;
     comm.barrier()?;
     if me == 0 {
         write_summary(cfg, spec, world, &last_eval, metrics.elapsed_s(), &ckpt.early_stop, &peaks)?;
@@ -428,6 +442,7 @@ fn choose_start(
 /// Loads a checkpoint's model, optimizer and algorithm-state shards into this
 /// rank's tensors and algorithm.
 fn restore(
+    rank: usize,
     step: u64,
     shards: &BTreeMap<String, Bytes>,
     named: &[(String, Tensor)],
@@ -443,6 +458,11 @@ fn restore(
         None => Vec::new(),
     };
     algo.load_state(state)?;
+    let own = match shards.get(&rank_shard(rank)) {
+        Some(bytes) => decode_tensors(bytes)?,
+        None => Vec::new(),
+    };
+    algo.load_rank_state(own)?;
     // Commits written before early stopping existed have no such entry.
     let early = shards
         .get("state.json")
@@ -493,8 +513,8 @@ fn resume_point(
     }
     let step = step as u64;
     let local = match chosen {
-        Some((_, shards)) => restore(step, &shards, named, opt, algo),
-        None => store.load_step(step).map_err(WorkerError::from).and_then(|(_, shards)| restore(step, &shards, named, opt, algo)),
+        Some((_, shards)) => restore(me, step, &shards, named, opt, algo),
+        None => store.load_step(step).map_err(WorkerError::from).and_then(|(_, shards)| restore(me, step, &shards, named, opt, algo)),
     };
     let early = agree(comm, local)?;
     Ok((step, corrupt, early))

@@ -24,6 +24,8 @@ use crate::log::Logs;
 use crate::response::ResponseModel;
 use crate::NB;
 use kiln_worker::rng::{splitmix, unit};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -215,8 +217,8 @@ impl Simulator {
     }
 }
 
-pub struct Env<'a> {
-    sim: &'a Simulator,
+pub struct Env {
+    sim: Arc<Simulator>,
     cfg: EnvConfig,
     seed: u64,
     /// Steps taken (keys the draws).
@@ -237,8 +239,8 @@ pub struct Env<'a> {
     personal: Tensor,
 }
 
-impl<'a> Env<'a> {
-    pub fn new(sim: &'a Simulator, cfg: EnvConfig, seed: u64) -> Result<Env<'a>, String> {
+impl Env {
+    pub fn new(sim: Arc<Simulator>, cfg: EnvConfig, seed: u64) -> Result<Env, String> {
         cfg.check()?;
         let weights = match (cfg.reward_weights, cfg.level) {
             (Some(w), _) => w,
@@ -255,8 +257,9 @@ impl<'a> Env<'a> {
         let personal: Vec<f32> = (0..dim as u64).map(|k| (normal(seed ^ 0x9e5, k) * cfg.retention.personal_scale / (dim as f64).sqrt()) as f32).collect();
         let b = cfg.batch;
         let h = sim.history;
+        let weights = Tensor::from_slice(&weights.map(|x| x as f32)).to_device(sim.device);
+        let personal = Tensor::from_slice(&personal).to_device(sim.device);
         let mut env = Env {
-            sim,
             seed,
             t: 0,
             drawn: 0,
@@ -268,8 +271,9 @@ impl<'a> Env<'a> {
             in_session: vec![0; b],
             sessions: vec![0; b],
             session_reward: vec![0.0; b],
-            weights: Tensor::from_slice(&weights.map(|x| x as f32)).to_device(sim.device),
-            personal: Tensor::from_slice(&personal).to_device(sim.device),
+            weights,
+            personal,
+            sim,
             cfg,
         };
         for slot in 0..b {
@@ -280,6 +284,48 @@ impl<'a> Env<'a> {
 
     pub fn config(&self) -> &EnvConfig {
         &self.cfg
+    }
+
+    /// Everything that changes as the environment steps, for checkpoints (a
+    /// resumed run continues with the same users, histories and draws).
+    pub fn to_named(&self) -> Vec<(String, Tensor)> {
+        let i = |v: &[i64]| Tensor::from_slice(v);
+        let f = |v: &[f64]| Tensor::from_slice(v);
+        let sizes: Vec<i64> = self.in_session.iter().chain(&self.sessions).map(|&x| x as i64).collect();
+        vec![
+            ("env.counters".into(), i(&[self.t as i64, self.drawn as i64])),
+            ("env.user".into(), i(&self.user)),
+            ("env.history".into(), i(&self.history)),
+            ("env.response".into(), Tensor::from_slice(&self.response)),
+            ("env.real".into(), Tensor::from_slice(&self.real.iter().map(|&r| r as u8).collect::<Vec<_>>())),
+            ("env.temper".into(), f(&self.temper)),
+            ("env.sessions".into(), i(&sizes)),
+            ("env.session_reward".into(), f(&self.session_reward)),
+        ]
+    }
+
+    /// Takes back what [`Env::to_named`] wrote (for the same batch and history).
+    pub fn load(&mut self, named: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        let get = |k: &str| named.get(k).ok_or_else(|| format!("the checkpoint's environment has no {k}"));
+        let ints = |k: &str| -> Result<Vec<i64>, String> { Vec::<i64>::try_from(get(k)?).map_err(|e| format!("{k}: {e}")) };
+        let floats = |k: &str| -> Result<Vec<f64>, String> { Vec::<f64>::try_from(get(k)?).map_err(|e| format!("{k}: {e}")) };
+        let (user, history, temper) = (ints("env.user")?, ints("env.history")?, floats("env.temper")?);
+        if user.len() != self.user.len() || history.len() != self.history.len() {
+            return Err(format!("the checkpoint's environment has {} users and {} history slots; this job has {} and {} (batch or history changed)", user.len(), history.len(), self.user.len(), self.history.len()));
+        }
+        let c = ints("env.counters")?;
+        let sizes = ints("env.sessions")?;
+        let b = self.user.len();
+        (self.t, self.drawn) = (c[0] as u64, c[1] as u64);
+        self.user = user;
+        self.history = history;
+        self.response = Vec::<f32>::try_from(get("env.response")?).map_err(|e| e.to_string())?;
+        self.real = Vec::<u8>::try_from(get("env.real")?).map_err(|e| e.to_string())?.into_iter().map(|x| x != 0).collect();
+        self.temper = temper;
+        self.in_session = sizes[..b].iter().map(|&x| x as usize).collect();
+        self.sessions = sizes[b..].iter().map(|&x| x as usize).collect();
+        self.session_reward = floats("env.session_reward")?;
+        Ok(())
     }
 
     /// Each slot's temper (whole session: the user leaves below 1).
@@ -483,7 +529,7 @@ mod tests {
     use crate::synth;
     use tch::nn;
 
-    fn simulator() -> (Simulator, nn::VarStore) {
+    fn simulator() -> (Arc<Simulator>, nn::VarStore) {
         let d = tempfile::tempdir().unwrap();
         let (log, _) = synth::write(d.path(), synth::Shape { users: 40, items: 30, days: 6, ..Default::default() }).unwrap();
         let spec = LogSpec { log: vec![log], user_features: Some(d.path().join("user_features_pure.csv")), video_features: Some(d.path().join("video_features_basic_pure.csv")), core: 2, ..LogSpec::default() };
@@ -492,7 +538,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ResponseConfig { id_dim: 8, enc_dim: 16, history: 8, dropout: 0.0, ..ResponseConfig::default() };
         let model = ResponseModel::new(&vs.root(), &logs, &cfg);
-        (Simulator::new(logs, model, cfg.history, Device::Cpu), vs)
+        (Arc::new(Simulator::new(logs, model, cfg.history, Device::Cpu)), vs)
     }
 
     fn random_slate(env: &Env, t: u64) -> Action {
@@ -505,7 +551,7 @@ mod tests {
     fn steps_have_the_documented_shapes_and_replay_under_a_seed() {
         let (sim, _vs) = simulator();
         let run = |seed| {
-            let mut env = Env::new(&sim, EnvConfig { batch: 4, ..EnvConfig::new(Level::Request) }, seed).unwrap();
+            let mut env = Env::new(sim.clone(), EnvConfig { batch: 4, ..EnvConfig::new(Level::Request) }, seed).unwrap();
             let s = env.step(&random_slate(&env, 1)).unwrap();
             assert_eq!(s.responses.size(), [4, 6, 7]);
             assert_eq!(s.reward.size(), [4]);
@@ -524,13 +570,13 @@ mod tests {
     fn done_semantics_temper_and_return_days() {
         let (sim, _vs) = simulator();
         // Request level: everyone leaves after initial_temper steps, together.
-        let mut env = Env::new(&sim, EnvConfig { batch: 3, initial_temper: Some(3.0), ..EnvConfig::new(Level::Request) }, 1).unwrap();
+        let mut env = Env::new(sim.clone(), EnvConfig { batch: 3, initial_temper: Some(3.0), ..EnvConfig::new(Level::Request) }, 1).unwrap();
         for t in 0..3 {
             let s = env.step(&random_slate(&env, t)).unwrap();
             assert!(s.done.iter().all(|&d| d == (t == 2)), "step {t}: {:?}", s.done);
         }
         // Whole session: the temper never rises for a user; leavers are replaced.
-        let mut env = Env::new(&sim, EnvConfig { batch: 8, initial_temper: Some(4.0), ..EnvConfig::new(Level::WholeSession) }, 2).unwrap();
+        let mut env = Env::new(sim.clone(), EnvConfig { batch: 8, initial_temper: Some(4.0), ..EnvConfig::new(Level::WholeSession) }, 2).unwrap();
         let mut left = 0;
         for t in 0..30 {
             let before = env.temper().to_vec();
@@ -550,7 +596,7 @@ mod tests {
         // Cross session: return days in 1..=max at each session's end; the
         // episode ends after `sessions` sessions.
         let cfg = EnvConfig { batch: 5, initial_temper: Some(2.0), sessions: 3, ..EnvConfig::new(Level::CrossSession) };
-        let mut env = Env::new(&sim, cfg, 3).unwrap();
+        let mut env = Env::new(sim.clone(), cfg, 3).unwrap();
         let w = Action::Fusion(Tensor::ones([5, 7], (Kind::Float, Device::Cpu)));
         for t in 1..=6 {
             let s = env.step(&w).unwrap();
@@ -566,8 +612,8 @@ mod tests {
         let (sim, _vs) = simulator();
         let cfg = EnvConfig { batch: 16, rho: Some(0.0), ..EnvConfig::new(Level::Request) };
         let (mut greedy_total, mut random_total) = (0.0, 0.0);
-        let mut env = Env::new(&sim, cfg.clone(), 4).unwrap();
-        let mut other = Env::new(&sim, cfg, 4).unwrap();
+        let mut env = Env::new(sim.clone(), cfg.clone(), 4).unwrap();
+        let mut other = Env::new(sim.clone(), cfg, 4).unwrap();
         for t in 0..4 {
             // The simulator's own expected reward per item: a greedy top 6.
             let p = env.item_probabilities();

@@ -11,6 +11,7 @@
 //! It must not launch processes, sync gradients or write checkpoints: the
 //! worker's training loop does that for every algorithm.
 
+pub mod agents;
 pub mod env;
 pub mod layers;
 pub mod log;
@@ -19,6 +20,7 @@ pub mod synth;
 pub mod trainer;
 
 pub use trainer::ENTRIES;
+pub use agents::ENTRIES as AGENTS;
 
 /// The behaviours KuaiSim models, in its order (the log's column names).
 pub const BEHAVIOURS: [&str; 7] = ["is_click", "long_view", "is_like", "is_comment", "is_forward", "is_follow", "is_hate"];

@@ -275,6 +275,11 @@ impl Communicator for MpiComm {
                 CommError::MpiUnavailable("all-gather over all ranks exceeds MPI's 2 GiB message limit".into())
             })?;
         }
+        if total == 0 {
+            // Every rank sends nothing (all know it from the lengths): MPI is
+            // not asked to move zero bytes into an empty buffer.
+            return Ok(vec![Vec::new(); world]);
+        }
         let mut buf = vec![0u8; total as usize];
         {
             let mut part = PartitionMut::new(&mut buf[..], &lens[..], &displs[..]);

@@ -1,0 +1,500 @@
+//! Recommendation agents trained online against the simulator, as kiln jobs.
+//!
+//! Whole session (this module so far): **DDPG** and **TD3** over KuaiSim's
+//! hyper-action policy — the actor maps the user state to a vector in the
+//! item-encoding space, the slate is the top items by dot product with it —
+//! with a replay buffer, soft target networks and standard (1 − done)
+//! bootstrapping (the reference masks terminals the wrong way round; not
+//! copied). The agent's state is the user state the environment exposes.
+//!
+//! Data-parallel: each rank simulates its own users (its own seed) into its
+//! own replay buffer and samples its own minibatch; gradients are averaged by
+//! the training loop, so every rank holds the same networks. The replay
+//! buffer and the environment are per-rank state in checkpoints, the target
+//! networks algorithm state, so a resumed run continues exactly.
+
+use crate::env::{Action, Env, EnvConfig, Level, Simulator};
+use kiln_worker::rng::{splitmix, unit};
+use kiln_worker::{parse_config, Algorithm, AlgorithmEntry, BuildContext, ConfigError, StepContext, StepOutput, WorkerError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// Transitions (s, a, r, s', done) in a ring of fixed capacity.
+pub struct Replay {
+    pub capacity: usize,
+    pub len: usize,
+    pub next: usize,
+    state: Tensor,
+    action: Tensor,
+    reward: Tensor,
+    next_state: Tensor,
+    done: Tensor,
+}
+
+impl Replay {
+    pub fn new(capacity: usize, state: i64, action: i64, device: Device) -> Replay {
+        let z = |w: i64| Tensor::zeros([capacity as i64, w], (Kind::Float, device));
+        Replay { capacity, len: 0, next: 0, state: z(state), action: z(action), reward: z(1), next_state: z(state), done: z(1) }
+    }
+
+    pub fn push(&mut self, s: &Tensor, a: &Tensor, r: &Tensor, s2: &Tensor, done: &Tensor) {
+        let _g = tch::no_grad_guard();
+        let n = s.size()[0] as usize;
+        let idx: Vec<i64> = (0..n).map(|k| ((self.next + k) % self.capacity) as i64).collect();
+        let idx = Tensor::from_slice(&idx).to_device(self.state.device());
+        let _ = self.state.index_copy_(0, &idx, s);
+        let _ = self.action.index_copy_(0, &idx, a);
+        let _ = self.reward.index_copy_(0, &idx, &r.view([-1, 1]));
+        let _ = self.next_state.index_copy_(0, &idx, s2);
+        let _ = self.done.index_copy_(0, &idx, &done.view([-1, 1]));
+        self.next = (self.next + n) % self.capacity;
+        self.len = (self.len + n).min(self.capacity);
+    }
+
+    /// `n` transitions drawn uniformly by the counter `key`.
+    pub fn sample(&self, n: usize, key: u64) -> [Tensor; 5] {
+        let idx: Vec<i64> = (0..n as u64).map(|k| (splitmix(key ^ splitmix(k)) % self.len.max(1) as u64) as i64).collect();
+        let idx = Tensor::from_slice(&idx).to_device(self.state.device());
+        [&self.state, &self.action, &self.reward, &self.next_state, &self.done].map(|t| t.index_select(0, &idx))
+    }
+
+    pub fn to_named(&self) -> Vec<(String, Tensor)> {
+        let used = self.len as i64;
+        vec![
+            ("replay.meta".into(), Tensor::from_slice(&[self.len as i64, self.next as i64, self.capacity as i64])),
+            ("replay.state".into(), self.state.narrow(0, 0, used).copy()),
+            ("replay.action".into(), self.action.narrow(0, 0, used).copy()),
+            ("replay.reward".into(), self.reward.narrow(0, 0, used).copy()),
+            ("replay.next_state".into(), self.next_state.narrow(0, 0, used).copy()),
+            ("replay.done".into(), self.done.narrow(0, 0, used).copy()),
+        ]
+    }
+
+    pub fn load(&mut self, named: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        let get = |k: &str| named.get(k).ok_or_else(|| format!("the checkpoint's replay buffer has no {k}"));
+        let meta = Vec::<i64>::try_from(get("replay.meta")?).map_err(|e| e.to_string())?;
+        if meta.len() != 3 || meta[2] as usize != self.capacity {
+            return Err(format!("the checkpoint's replay buffer holds {meta:?} (len, next, capacity); this job's capacity is {}", self.capacity));
+        }
+        let _g = tch::no_grad_guard();
+        let (len, dev) = (meta[0], self.state.device());
+        for (k, t) in [("replay.state", &mut self.state), ("replay.action", &mut self.action), ("replay.reward", &mut self.reward), ("replay.next_state", &mut self.next_state), ("replay.done", &mut self.done)] {
+            let src = get(k)?;
+            if src.size()[0] != len || src.size()[1] != t.size()[1] {
+                return Err(format!("the checkpoint's {k} has shape {:?}", src.size()));
+            }
+            t.narrow(0, 0, len).copy_(&src.to_device(dev));
+        }
+        self.len = len as usize;
+        self.next = meta[1] as usize;
+        Ok(())
+    }
+}
+
+/// An MLP with ReLU between layers.
+fn mlp(p: &nn::Path, dims: &[i64]) -> nn::Sequential {
+    let mut s = nn::seq();
+    for (i, w) in dims.windows(2).enumerate() {
+        s = s.add(nn::linear(p / format!("l{i}"), w[0], w[1], Default::default()));
+        if i + 2 < dims.len() {
+            s = s.add_fn(|x| x.relu());
+        }
+    }
+    s
+}
+
+/// The `[algorithm]` table of the whole-session agents.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentJob {
+    /// A simulator exported from a trained `kuaisim.response` job.
+    pub simulator: PathBuf,
+    /// The environment (its level is the agent's; `batch` users per rank).
+    #[serde(default = "whole_session")]
+    pub env: EnvConfig,
+    #[serde(default = "gamma")]
+    pub gamma: f64,
+    /// Soft target update rate.
+    #[serde(default = "tau")]
+    pub tau: f64,
+    /// The actor's learning rate relative to the critic's (the job's).
+    #[serde(default = "actor_lr")]
+    pub actor_lr_scale: f64,
+    /// Exploration: Gaussian noise on the hyper-action.
+    #[serde(default = "noise")]
+    pub noise: f64,
+    #[serde(default = "buffer")]
+    pub buffer: usize,
+    /// Steps of random actions before the policy acts (and learning starts).
+    #[serde(default = "start")]
+    pub start_steps: u64,
+    #[serde(default = "hidden")]
+    pub hidden: Vec<i64>,
+    /// TD3: actor and target updates every this many steps; target policy noise and its clip.
+    #[serde(default = "delay")]
+    pub policy_delay: u64,
+    #[serde(default = "target_noise")]
+    pub target_noise: f64,
+    #[serde(default = "noise_clip")]
+    pub noise_clip: f64,
+    /// Sessions (users leaving) each evaluation plays, per rank.
+    #[serde(default = "eval_users")]
+    pub eval_users: usize,
+}
+
+fn whole_session() -> EnvConfig {
+    EnvConfig::new(Level::WholeSession)
+}
+fn gamma() -> f64 {
+    0.9
+}
+fn tau() -> f64 {
+    0.01
+}
+fn actor_lr() -> f64 {
+    0.1
+}
+fn noise() -> f64 {
+    0.1
+}
+fn buffer() -> usize {
+    100_000
+}
+fn start() -> u64 {
+    100
+}
+fn hidden() -> Vec<i64> {
+    vec![256, 64]
+}
+fn delay() -> u64 {
+    2
+}
+fn target_noise() -> f64 {
+    0.2
+}
+fn noise_clip() -> f64 {
+    0.5
+}
+fn eval_users() -> usize {
+    64
+}
+
+impl AgentJob {
+    pub fn from_value(v: &toml::Value) -> Result<AgentJob, ConfigError> {
+        let job: AgentJob = parse_config(v)?;
+        job.env.check().map_err(|m| ConfigError::new("env", m))?;
+        if job.env.level != Level::WholeSession {
+            return Err(ConfigError::new("env.level", "these agents play whole sessions: level = \"whole-session\""));
+        }
+        if !(0.0..1.0).contains(&job.gamma) || !(0.0..=1.0).contains(&job.tau) || !(job.actor_lr_scale > 0.0) || !(job.noise >= 0.0) {
+            return Err(ConfigError::new("gamma", "gamma in [0, 1), tau in [0, 1], actor_lr_scale > 0 and noise >= 0"));
+        }
+        if job.buffer == 0 || job.hidden.is_empty() || job.hidden.iter().any(|&h| h < 1) || job.policy_delay == 0 || job.eval_users == 0 {
+            return Err(ConfigError::new("buffer", "buffer, hidden widths, policy_delay and eval_users must be at least 1"));
+        }
+        Ok(job)
+    }
+}
+
+fn validate(v: &toml::Value) -> Result<(), ConfigError> {
+    AgentJob::from_value(v).map(|_| ())
+}
+
+macro_rules! agent {
+    ($name:literal, $td3:expr, $summary:literal) => {
+        AlgorithmEntry { name: $name, summary: $summary, validate, build: |v, ctx| build($name, $td3, v, ctx) }
+    };
+}
+
+pub const ENTRIES: &[AlgorithmEntry] = &[
+    agent!("kuaisim.ddpg", false, "DDPG whole-session recommendation agent against a KuaiSim simulator (hyper-action policy, dot-product slate)"),
+    agent!("kuaisim.td3", true, "TD3 whole-session recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing)"),
+];
+
+fn build(name: &'static str, td3: bool, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+    let job = AgentJob::from_value(v).map_err(|m| WorkerError::algo(name, m))?;
+    let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo(name, format!("simulator: {e}")))?;
+    Ok(Box::new(ActorCritic::new(name, td3, job, sim, ctx)?))
+}
+
+/// The whole-session agent (DDPG, or TD3 with `td3`).
+pub struct ActorCritic {
+    name: &'static str,
+    td3: bool,
+    job: AgentJob,
+    sim: Arc<Simulator>,
+    env: Env,
+    eval_seed: u64,
+    vs: nn::VarStore,
+    actor: nn::Sequential,
+    critics: Vec<nn::Sequential>,
+    /// Target copies: same names as the live networks, not trained.
+    targets: Vec<(String, Tensor)>,
+    replay: Replay,
+    seed: u64,
+    /// This rank's minibatch, and the job's global batch.
+    batch: usize,
+    global_batch: usize,
+    device: Device,
+}
+
+impl ActorCritic {
+    fn new(name: &'static str, td3: bool, job: AgentJob, sim: Simulator, ctx: &BuildContext) -> Result<ActorCritic, WorkerError> {
+        let sim = Arc::new(sim);
+        let seed = splitmix(ctx.seed ^ splitmix(0xA9E47 + ctx.rank as u64));
+        let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo(name, e))?;
+        let s = 3 * sim.model.enc_dim();
+        let a = sim.model.enc_dim();
+        tch::manual_seed(ctx.seed as i64);
+        let vs = nn::VarStore::new(ctx.device);
+        let root = vs.root();
+        let mut dims = vec![s];
+        dims.extend(&job.hidden);
+        dims.push(a);
+        let actor = mlp(&(&root / "actor"), &dims);
+        let mut cdims = vec![s + a];
+        cdims.extend(&job.hidden);
+        cdims.push(1);
+        let critics = (0..if td3 { 2 } else { 1 }).map(|k| mlp(&(&root / format!("critic{k}")), &cdims)).collect();
+        let targets = vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect::<BTreeMap<_, _>>().into_iter().collect();
+        let replay = Replay::new(job.buffer, s, a, ctx.device);
+        let per = ctx.global_batch / ctx.world_size.max(1);
+        Ok(ActorCritic { name, td3, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
+    }
+
+    /// The policy's hyper-action `[B, enc]` (tanh-bounded).
+    fn act(&self, state: &Tensor) -> Tensor {
+        self.actor.forward(state).tanh()
+    }
+
+    /// The slate: top items by dot product with the hyper-action.
+    fn slate(&self, hyper: &Tensor) -> Tensor {
+        let items = self.sim.items.narrow(0, 1, self.sim.item_count() as i64);
+        let k = self.job.env.slate as i64;
+        hyper.matmul(&items.transpose(0, 1)).topk(k, -1, true, true).1 + 1
+    }
+
+    fn q(&self, k: usize, s: &Tensor, a: &Tensor) -> Tensor {
+        self.critics[k].forward(&Tensor::cat(&[s, a], -1))
+    }
+
+    /// A network's output with the target weights swapped in.
+    fn with_targets<T>(&self, f: impl FnOnce(&Self) -> T) -> T {
+        let _g = tch::no_grad_guard();
+        let vars = self.vs.variables();
+        let live: Vec<(Tensor, Tensor)> = self.targets.iter().filter_map(|(n, t)| vars.get(n).map(|v| (v.shallow_clone(), t.shallow_clone()))).collect();
+        let saved: Vec<Tensor> = live.iter().map(|(v, _)| v.copy()).collect();
+        for (v, t) in &live {
+            v.shallow_clone().copy_(t);
+        }
+        let out = f(self);
+        for ((v, _), s) in live.iter().zip(&saved) {
+            v.shallow_clone().copy_(s);
+        }
+        out
+    }
+
+    fn uniform(&self, tag: u64, step: u64, n: usize) -> Tensor {
+        let v: Vec<f32> = (0..n as u64).map(|k| unit(splitmix(self.seed ^ splitmix(tag ^ splitmix(step.wrapping_mul(0x1_0000_0001) ^ k)))) as f32).collect();
+        Tensor::from_slice(&v).to_device(self.device)
+    }
+
+    fn gaussian(&self, tag: u64, step: u64, shape: &[i64]) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let u1 = self.uniform(tag, step, n as usize).clamp_min(1e-7);
+        let u2 = self.uniform(tag + 1, step, n as usize);
+        ((u1.log() * -2.0).sqrt() * (u2 * (2.0 * std::f64::consts::PI)).cos()).view(shape)
+    }
+}
+
+impl Algorithm for ActorCritic {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn lr_scales(&self) -> Vec<(String, f64)> {
+        self.parameters().into_iter().filter(|(n, _)| n.starts_with("actor")).map(|(n, _)| (n, self.job.actor_lr_scale)).collect()
+    }
+
+    fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        let step = ctx.step;
+        // Targets follow the networks as they are after the previous update.
+        if step > 0 && (!self.td3 || step % self.job.policy_delay == 0) {
+            let _g = tch::no_grad_guard();
+            let vars = self.vs.variables();
+            for (n, t) in &mut self.targets {
+                if let Some(v) = vars.get(n) {
+                    *t = &*t * (1.0 - self.job.tau) + v * self.job.tau;
+                }
+            }
+        }
+        // Act in this rank's environment and remember what happened.
+        let state = self.env.user_state();
+        let b = state.size()[0];
+        let a_dim = self.sim.model.enc_dim();
+        let hyper = tch::no_grad(|| {
+            if step < self.job.start_steps {
+                self.uniform(7, step, (b * a_dim) as usize).view([b, a_dim]) * 2.0 - 1.0
+            } else {
+                (self.act(&state) + self.gaussian(8, step, &[b, a_dim]) * self.job.noise).clamp(-1.0, 1.0)
+            }
+        });
+        let out = self.env.step(&Action::Slate(self.slate(&hyper))).map_err(|e| WorkerError::algo(self.name, e))?;
+        let done = Tensor::from_slice(&out.done.iter().map(|&d| d as u8 as f32).collect::<Vec<_>>()).to_device(self.device);
+        self.replay.push(&state, &hyper, &out.reward, &out.user_state, &done);
+        let mut scalars = BTreeMap::new();
+        scalars.insert("env_reward".into(), out.reward.mean(Kind::Float).double_value(&[]));
+        scalars.insert("leave_rate".into(), out.done.iter().filter(|&&d| d).count() as f64 / b as f64);
+        if step < self.job.start_steps || self.replay.len < self.batch {
+            return Ok(StepOutput { loss: 0.0, samples: b as usize, scalars });
+        }
+        // One update from this rank's minibatch.
+        let [s, a, r, s2, d] = self.replay.sample(self.batch, splitmix(self.seed ^ step));
+        let target = self.with_targets(|me| {
+            let mut a2 = me.act(&s2);
+            if me.td3 {
+                let eps = (me.gaussian(9, step, &a2.size()) * me.job.target_noise).clamp(-me.job.noise_clip, me.job.noise_clip);
+                a2 = (a2 + eps).clamp(-1.0, 1.0);
+            }
+            let q2 = (0..me.critics.len()).map(|k| me.q(k, &s2, &a2)).reduce(|x, y| x.minimum(&y)).unwrap_or_else(|| r.zeros_like());
+            &r + (d.ones_like() - &d) * q2 * me.job.gamma
+        });
+        let critic_loss = (0..self.critics.len()).map(|k| self.q(k, &s, &a).mse_loss(&target, Reduction::Mean)).reduce(|x, y| x + y).unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device)));
+        critic_loss.f_backward()?;
+        let mut loss = critic_loss.double_value(&[]);
+        scalars.insert("critic_loss".into(), loss);
+        if !self.td3 || step % self.job.policy_delay == 0 {
+            // The actor's gradient goes to the actor only.
+            let actor_loss = -self.q(0, &s, &self.act(&s)).mean(Kind::Float);
+            let actor: Vec<Tensor> = self.parameters().into_iter().filter(|(n, _)| n.starts_with("actor")).map(|(_, t)| t).collect();
+            let grads = Tensor::f_run_backward(&[&actor_loss], &actor, false, false)?;
+            let _g = tch::no_grad_guard();
+            for (p, g) in actor.iter().zip(grads) {
+                let mut pg = p.grad();
+                let _ = pg.f_add_(&g)?;
+            }
+            let al = actor_loss.double_value(&[]);
+            scalars.insert("actor_loss".into(), al);
+            loss += al;
+        }
+        Ok(StepOutput { loss, samples: b as usize, scalars })
+    }
+
+    /// Plays whole sessions with the policy (no exploration) on a separate,
+    /// seeded environment until `eval_users` users per rank have left:
+    /// depth (steps before leaving), reward per request, total reward per
+    /// session, coverage and ILD, over every rank's sessions.
+    fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
+        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(|e| WorkerError::algo(self.name, e))?;
+        let report = play(&mut env, self.job.eval_users, |s| tch::no_grad(|| self.slate(&self.act(s)))).map_err(|e| WorkerError::algo(self.name, e))?;
+        gather_report(ctx, &report)
+    }
+
+    fn global_batch(&self) -> usize {
+        self.global_batch
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.targets.iter().map(|(n, t)| (format!("target.{n}"), t.copy())).collect()
+    }
+
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+        for (n, t) in &mut self.targets {
+            let saved = map.get(&format!("target.{n}")).ok_or_else(|| WorkerError::algo(self.name, format!("the checkpoint has no target network tensor {n}")))?;
+            *t = saved.to_device(self.device);
+        }
+        Ok(())
+    }
+
+    fn rank_state(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.replay.to_named();
+        v.extend(self.env.to_named());
+        v
+    }
+
+    fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+        self.replay.load(&map).map_err(|e| WorkerError::algo(self.name, e))?;
+        self.env.load(&map).map_err(|e| WorkerError::algo(self.name, e))
+    }
+}
+
+/// Totals of whole sessions played: sessions ended, their steps, rewards,
+/// and per-step coverage and ILD sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Report {
+    pub sessions: f64,
+    pub steps: f64,
+    pub reward: f64,
+    pub session_reward: f64,
+    pub coverage: f64,
+    pub ild: f64,
+    pub env_steps: f64,
+}
+
+/// Plays `env` with `policy` (user state → slate) until `users` users have left.
+pub fn play(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<Report, String> {
+    let b = env.config().batch;
+    let mut depth = vec![0.0f64; b];
+    let mut total = vec![0.0f64; b];
+    let mut rep = Report::default();
+    let mut guard = 0usize;
+    while (rep.sessions as usize) < users {
+        guard += 1;
+        if guard > 100_000 {
+            return Err("evaluation: users never leave (check initial_temper)".into());
+        }
+        let s = env.user_state();
+        let out = env.step(&Action::Slate(policy(&s)))?;
+        let r = Vec::<f32>::try_from(out.reward.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        rep.coverage += out.coverage as f64;
+        rep.ild += out.ild;
+        rep.env_steps += 1.0;
+        for slot in 0..b {
+            depth[slot] += 1.0;
+            total[slot] += r[slot] as f64;
+            if out.done[slot] {
+                rep.sessions += 1.0;
+                rep.steps += depth[slot];
+                rep.reward += total[slot];
+                rep.session_reward += total[slot];
+                depth[slot] = 0.0;
+                total[slot] = 0.0;
+            }
+        }
+    }
+    Ok(rep)
+}
+
+/// The report summed over ranks, as metrics.
+pub fn gather_report(ctx: &StepContext, r: &Report) -> Result<BTreeMap<String, f64>, WorkerError> {
+    let mine = [r.sessions, r.steps, r.reward, r.session_reward, r.coverage, r.ild, r.env_steps].map(|x| x as f32);
+    let all = ctx.comm.all_gather_f32(&mine)?;
+    let mut t = [0f64; 7];
+    for chunk in all.chunks_exact(7) {
+        for (a, b) in t.iter_mut().zip(chunk) {
+            *a += *b as f64;
+        }
+    }
+    let mut out = BTreeMap::new();
+    out.insert("depth".into(), t[1] / t[0].max(1.0));
+    out.insert("avg_reward".into(), t[2] / t[1].max(1.0));
+    out.insert("total_reward".into(), t[3] / t[0].max(1.0));
+    out.insert("coverage".into(), t[4] / t[6].max(1.0));
+    out.insert("ild".into(), t[5] / t[6].max(1.0));
+    Ok(out)
+}
