@@ -1,7 +1,10 @@
 //! KuaiSim as kiln jobs: the response model trains on synthetic KuaiRand-layout
 //! logs on 2 ranks with per-behaviour metrics, equals a 1-rank run, exports a
 //! simulator the environments load, resumes exactly, and bad logs are refused
-//! with their place.
+//! with their place; whole-session agents (DDPG, TD3) earn more per session
+//! than random slates and resume exactly with their replay buffers;
+//! cross-session agents (CEM, TD3) bring users back sooner than random
+//! fusion weights.
 
 mod common;
 use common::*;
@@ -180,4 +183,51 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     }
     let d = max_diff(&params(dir.path(), "ddpg-killed", 100), &params(dir.path(), "ddpg-full", 100));
     assert!(d <= 1e-6, "the resumed agent differs by {d}");
+}
+
+#[test]
+fn cross_session_agents_shorten_the_return_time_against_random_fusion_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let mut c = kiln();
+    c.args(["kuaisim", "synth", "--out"]).arg(&data).args(["--users", "60", "--items", "40", "--days", "10"]);
+    assert!(run(&mut c).status.success());
+    let out = kiln_run(dir.path(), &response_job(dir.path(), &data, "uirm", 600, 0, ""), 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sim = dir.path().join("sim");
+    let mut c = kiln();
+    c.arg("export").arg(dir.path().join("uirm.toml")).arg("--out").arg(&sim);
+    assert!(run(&mut c).status.success());
+    // Random fusion weights in [-1, 1] at every request, on the same simulator.
+    let simulator = std::sync::Arc::new(kiln_kuaisim::env::Simulator::load(&sim, tch::Device::Cpu).unwrap());
+    let cfg = kiln_kuaisim::env::EnvConfig { batch: 8, ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::CrossSession) };
+    let mut env = kiln_kuaisim::env::Env::new(simulator, cfg, 99).unwrap();
+    let step = std::cell::Cell::new(0u64);
+    let random = kiln_kuaisim::agents::play_cross(&mut env, 256, |s| {
+        step.set(step.get() + 1);
+        let w: Vec<f32> = (0..s.size()[0] as u64 * 7).map(|k| 2.0 * kiln_worker::rng::unit(kiln_worker::rng::splitmix(step.get() * 977 + k)) as f32 - 1.0).collect();
+        tch::Tensor::from_slice(&w).view([s.size()[0], 7])
+    })
+    .unwrap();
+    let random_day = random.return_days / random.ends;
+    let random_retention = random.next_day / random.ends;
+    let job = |name: &str, algo: &str, steps: u64, extra: &str| {
+        let text = format!(
+            "name = \"{name}\"\n[checkpoint]\nstore = \"{}\"\nevery = 0\n[train]\nsteps = {steps}\nseed = 5\nglobal_batch = 16\nlog_every = 10\neval_every = {steps}\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.001\nweight_decay = 0.0\n[algorithm]\nname = \"{algo}\"\nsimulator = \"{}\"\neval_users = 128\n{extra}\n[algorithm.env]\nlevel = \"cross-session\"\nbatch = 8\n",
+            dir.path().join("store").display(),
+            sim.display()
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    for (name, algo, steps, extra) in [("cem", "kuaisim.cem", 10, "population = 16"), ("td3x", "kuaisim.td3", 1500, "start_steps = 60\nbuffer = 20000\nhidden = [64, 32]\nactor_lr_scale = 1.0\nnoise = 0.3")] {
+        let out = kiln_run(dir.path(), &job(name, algo, steps, extra), 2, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let e = final_eval(dir.path(), name);
+        let (day, retention) = (e["return_day"].as_f64().unwrap(), e["retention"].as_f64().unwrap());
+        eprintln!("{algo}: return day {day:.3} retention {retention:.3}; random {random_day:.3} {random_retention:.3}");
+        // Measured: CEM 2.04 / 0.53, TD3 1.72 / 0.58, random 2.23 / 0.44.
+        assert!(day < random_day - 0.1 && retention > random_retention + 0.05, "{algo}: return day {day:.3}, retention {retention:.3} vs random {random_day:.3}, {random_retention:.3}");
+    }
 }

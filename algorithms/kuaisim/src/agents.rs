@@ -1,11 +1,14 @@
 //! Recommendation agents trained online against the simulator, as kiln jobs.
 //!
-//! Whole session (this module so far): **DDPG** and **TD3** over KuaiSim's
+//! **DDPG** and **TD3** with a replay buffer, soft target networks and
+//! standard (1 − done) bootstrapping (the reference masks terminals the wrong
+//! way round; not copied), at two levels. Whole session: KuaiSim's
 //! hyper-action policy — the actor maps the user state to a vector in the
-//! item-encoding space, the slate is the top items by dot product with it —
-//! with a replay buffer, soft target networks and standard (1 − done)
-//! bootstrapping (the reference masks terminals the wrong way round; not
-//! copied). The agent's state is the user state the environment exposes.
+//! item-encoding space, the slate is the top items by dot product with it.
+//! Cross session: the actor outputs the 7 ranking-fusion weights and the
+//! reward is the retention reward −return_day/10 when a session ends (plus an
+//! optional share of the immediate reward). The agent's state is the user
+//! state the environment exposes.
 //!
 //! Data-parallel: each rank simulates its own users (its own seed) into its
 //! own replay buffer and samples its own minibatch; gradients are averaged by
@@ -141,9 +144,13 @@ pub struct AgentJob {
     pub target_noise: f64,
     #[serde(default = "noise_clip")]
     pub noise_clip: f64,
-    /// Sessions (users leaving) each evaluation plays, per rank.
+    /// Sessions (users leaving) each evaluation plays, per rank (cross
+    /// session: user-episodes).
     #[serde(default = "eval_users")]
     pub eval_users: usize,
+    /// Cross session: weight of the immediate reward added to the retention reward.
+    #[serde(default)]
+    pub immediate_weight: f64,
 }
 
 fn whole_session() -> EnvConfig {
@@ -187,8 +194,11 @@ impl AgentJob {
     pub fn from_value(v: &toml::Value) -> Result<AgentJob, ConfigError> {
         let job: AgentJob = parse_config(v)?;
         job.env.check().map_err(|m| ConfigError::new("env", m))?;
-        if job.env.level != Level::WholeSession {
-            return Err(ConfigError::new("env.level", "these agents play whole sessions: level = \"whole-session\""));
+        if job.env.level == Level::Request {
+            return Err(ConfigError::new("env.level", "DDPG and TD3 play whole sessions or cross sessions: level = \"whole-session\" or \"cross-session\""));
+        }
+        if !job.immediate_weight.is_finite() {
+            return Err(ConfigError::new("immediate_weight", "must be a finite number"));
         }
         if !(0.0..1.0).contains(&job.gamma) || !(0.0..=1.0).contains(&job.tau) || !(job.actor_lr_scale > 0.0) || !(job.noise >= 0.0) {
             return Err(ConfigError::new("gamma", "gamma in [0, 1), tau in [0, 1], actor_lr_scale > 0 and noise >= 0"));
@@ -211,8 +221,14 @@ macro_rules! agent {
 }
 
 pub const ENTRIES: &[AlgorithmEntry] = &[
-    agent!("kuaisim.ddpg", false, "DDPG whole-session recommendation agent against a KuaiSim simulator (hyper-action policy, dot-product slate)"),
-    agent!("kuaisim.td3", true, "TD3 whole-session recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing)"),
+    AlgorithmEntry {
+        name: "kuaisim.cem",
+        summary: "CEM over ranking-fusion weights for cross-session retention against a KuaiSim simulator (population, elites, mitigation)",
+        validate: validate_cem,
+        build: build_cem,
+    },
+    agent!("kuaisim.ddpg", false, "DDPG recommendation agent against a KuaiSim simulator: whole sessions (hyper-action, dot-product slate) or cross sessions (ranking-fusion weights, retention reward)"),
+    agent!("kuaisim.td3", true, "TD3 recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing), whole or cross sessions"),
 ];
 
 fn build(name: &'static str, td3: bool, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
@@ -248,7 +264,7 @@ impl ActorCritic {
         let seed = splitmix(ctx.seed ^ splitmix(0xA9E47 + ctx.rank as u64));
         let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo(name, e))?;
         let s = 3 * sim.model.enc_dim();
-        let a = sim.model.enc_dim();
+        let a = if job.env.level == Level::CrossSession { crate::NB as i64 } else { sim.model.enc_dim() };
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -266,7 +282,15 @@ impl ActorCritic {
         Ok(ActorCritic { name, td3, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
     }
 
-    /// The policy's hyper-action `[B, enc]` (tanh-bounded).
+    /// The action as the environment takes it.
+    fn env_action(&self, a: &Tensor) -> Action {
+        match self.job.env.level {
+            Level::CrossSession => Action::Fusion(a.shallow_clone()),
+            _ => Action::Slate(self.slate(a)),
+        }
+    }
+
+    /// The policy's action `[B, enc]` (hyper-action) or `[B, 7]` (fusion weights), tanh-bounded.
     fn act(&self, state: &Tensor) -> Tensor {
         self.actor.forward(state).tanh()
     }
@@ -341,7 +365,7 @@ impl Algorithm for ActorCritic {
         // Act in this rank's environment and remember what happened.
         let state = self.env.user_state();
         let b = state.size()[0];
-        let a_dim = self.sim.model.enc_dim();
+        let a_dim = self.replay.action.size()[1];
         let hyper = tch::no_grad(|| {
             if step < self.job.start_steps {
                 self.uniform(7, step, (b * a_dim) as usize).view([b, a_dim]) * 2.0 - 1.0
@@ -349,10 +373,25 @@ impl Algorithm for ActorCritic {
                 (self.act(&state) + self.gaussian(8, step, &[b, a_dim]) * self.job.noise).clamp(-1.0, 1.0)
             }
         });
-        let out = self.env.step(&Action::Slate(self.slate(&hyper))).map_err(|e| WorkerError::algo(self.name, e))?;
+        let out = self.env.step(&self.env_action(&hyper)).map_err(|e| WorkerError::algo(self.name, e))?;
         let done = Tensor::from_slice(&out.done.iter().map(|&d| d as u8 as f32).collect::<Vec<_>>()).to_device(self.device);
-        self.replay.push(&state, &hyper, &out.reward, &out.user_state, &done);
         let mut scalars = BTreeMap::new();
+        let reward = match self.job.env.level {
+            Level::CrossSession => {
+                let ret: Vec<f32> = out.return_day.iter().map(|&d| -(d as f32) / 10.0).collect();
+                let ends = out.return_day.iter().filter(|&&d| d > 0).count();
+                if ends > 0 {
+                    scalars.insert("return_day".into(), out.return_day.iter().sum::<usize>() as f64 / ends as f64);
+                }
+                Tensor::from_slice(&ret).to_device(self.device) + &out.reward * self.job.immediate_weight
+            }
+            _ => out.reward.shallow_clone(),
+        };
+        self.replay.push(&state, &hyper, &reward, &out.user_state, &done);
+        if self.job.env.level == Level::CrossSession && out.done.iter().any(|&d| d) {
+            // Every user's episode ends together: the next step starts new ones.
+            self.env.reset();
+        }
         scalars.insert("env_reward".into(), out.reward.mean(Kind::Float).double_value(&[]));
         scalars.insert("leave_rate".into(), out.done.iter().filter(|&&d| d).count() as f64 / b as f64);
         if step < self.job.start_steps || self.replay.len < self.batch {
@@ -396,8 +435,16 @@ impl Algorithm for ActorCritic {
     /// session, coverage and ILD, over every rank's sessions.
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
         let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(|e| WorkerError::algo(self.name, e))?;
-        let report = play(&mut env, self.job.eval_users, |s| tch::no_grad(|| self.slate(&self.act(s)))).map_err(|e| WorkerError::algo(self.name, e))?;
-        gather_report(ctx, &report)
+        match self.job.env.level {
+            Level::CrossSession => {
+                let report = play_cross(&mut env, self.job.eval_users, |s| tch::no_grad(|| self.act(s))).map_err(|e| WorkerError::algo(self.name, e))?;
+                gather_cross(ctx, &report)
+            }
+            _ => {
+                let report = play(&mut env, self.job.eval_users, |s| tch::no_grad(|| self.slate(&self.act(s)))).map_err(|e| WorkerError::algo(self.name, e))?;
+                gather_report(ctx, &report)
+            }
+        }
     }
 
     fn global_batch(&self) -> usize {
@@ -497,4 +544,239 @@ pub fn gather_report(ctx: &StepContext, r: &Report) -> Result<BTreeMap<String, f
     out.insert("coverage".into(), t[4] / t[6].max(1.0));
     out.insert("ild".into(), t[5] / t[6].max(1.0));
     Ok(out)
+}
+
+/// Totals of cross-session user-episodes played: episodes, session ends,
+/// their return days, next-day returns, and immediate rewards per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CrossReport {
+    pub episodes: f64,
+    pub ends: f64,
+    pub return_days: f64,
+    pub next_day: f64,
+    pub reward: f64,
+    pub requests: f64,
+}
+
+/// Plays `env` (cross session) with `policy` (user state → fusion weights
+/// `[B, 7]`) until `episodes` user-episodes per slot batch have ended.
+pub fn play_cross(env: &mut Env, episodes: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<CrossReport, String> {
+    let mut rep = CrossReport::default();
+    let mut guard = 0usize;
+    while (rep.episodes as usize) < episodes {
+        guard += 1;
+        if guard > 1_000_000 {
+            return Err("evaluation: episodes never end".into());
+        }
+        let s = env.user_state();
+        let out = env.step(&Action::Fusion(policy(&s)))?;
+        rep.reward += out.reward.sum(Kind::Float).double_value(&[]);
+        rep.requests += out.done.len() as f64;
+        for &d in out.return_day.iter().filter(|&&d| d > 0) {
+            rep.ends += 1.0;
+            rep.return_days += d as f64;
+            rep.next_day += (d == 1) as u8 as f64;
+        }
+        let ended = out.done.iter().filter(|&&d| d).count();
+        if ended > 0 {
+            rep.episodes += ended as f64;
+            env.reset();
+        }
+    }
+    Ok(rep)
+}
+
+/// The cross-session report summed over ranks, as metrics: `return_day`
+/// (mean days until the next session, lower is better), `retention` (share
+/// of sessions followed by a next-day return) and `avg_reward` per request.
+pub fn gather_cross(ctx: &StepContext, r: &CrossReport) -> Result<BTreeMap<String, f64>, WorkerError> {
+    let mine = [r.episodes, r.ends, r.return_days, r.next_day, r.reward, r.requests].map(|x| x as f32);
+    let all = ctx.comm.all_gather_f32(&mine)?;
+    let mut t = [0f64; 6];
+    for chunk in all.chunks_exact(6) {
+        for (a, b) in t.iter_mut().zip(chunk) {
+            *a += *b as f64;
+        }
+    }
+    let mut out = BTreeMap::new();
+    out.insert("return_day".into(), t[2] / t[1].max(1.0));
+    out.insert("retention".into(), t[3] / t[1].max(1.0));
+    out.insert("avg_reward".into(), t[4] / t[5].max(1.0));
+    Ok(out)
+}
+
+/// The `[algorithm]` table of `kuaisim.cem`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CemJob {
+    pub simulator: PathBuf,
+    #[serde(default = "cross_session")]
+    pub env: EnvConfig,
+    /// Candidate fusion-weight vectors per iteration (over all ranks).
+    #[serde(default = "population")]
+    pub population: usize,
+    /// Share of the population kept as elites (the reference's top-p 20%).
+    #[serde(default = "elite")]
+    pub elite: f64,
+    /// Mitigation: the new distribution is α · old + (1 − α) · the elites'.
+    #[serde(default = "alpha")]
+    pub alpha: f64,
+    #[serde(default = "init_std")]
+    pub init_std: f64,
+    /// A floor on each weight's standard deviation (keeps exploring).
+    #[serde(default = "min_std")]
+    pub min_std: f64,
+    /// User-episodes each evaluation plays per rank.
+    #[serde(default = "eval_users")]
+    pub eval_users: usize,
+}
+
+fn cross_session() -> EnvConfig {
+    EnvConfig::new(Level::CrossSession)
+}
+fn population() -> usize {
+    16
+}
+fn elite() -> f64 {
+    0.2
+}
+fn alpha() -> f64 {
+    0.1
+}
+fn init_std() -> f64 {
+    0.5
+}
+fn min_std() -> f64 {
+    0.05
+}
+
+impl CemJob {
+    pub fn from_value(v: &toml::Value) -> Result<CemJob, ConfigError> {
+        let job: CemJob = parse_config(v)?;
+        job.env.check().map_err(|m| ConfigError::new("env", m))?;
+        if job.env.level != Level::CrossSession {
+            return Err(ConfigError::new("env.level", "CEM searches ranking-fusion weights for cross sessions: level = \"cross-session\""));
+        }
+        if job.population < 2 || !(job.elite > 0.0 && job.elite <= 1.0) || !(0.0..1.0).contains(&job.alpha) || !(job.init_std > 0.0) || !(job.min_std >= 0.0) || job.eval_users == 0 {
+            return Err(ConfigError::new("population", "population >= 2, elite in (0, 1], alpha in [0, 1), init_std > 0, min_std >= 0, eval_users >= 1"));
+        }
+        Ok(job)
+    }
+}
+
+fn validate_cem(v: &toml::Value) -> Result<(), ConfigError> {
+    CemJob::from_value(v).map(|_| ())
+}
+
+fn build_cem(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+    let job = CemJob::from_value(v).map_err(|m| WorkerError::algo("kuaisim.cem", m))?;
+    let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cem", format!("simulator: {e}")))?;
+    let nb = crate::NB;
+    Ok(Box::new(Cem { mean: vec![0.0; nb], std: vec![job.init_std; nb], seed: splitmix(ctx.seed ^ 0xCE11), sim: Arc::new(sim), job, device: ctx.device }))
+}
+
+/// The cross-entropy method over the 7 fusion weights: each step draws a
+/// population from N(mean, std²) (the same on every rank), each rank plays
+/// its share of the candidates for one user-episode batch each, the scores
+/// (−mean return day) are gathered, and every rank moves the distribution
+/// toward the elites. No gradients: the distribution is algorithm state.
+pub struct Cem {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+    seed: u64,
+    sim: Arc<Simulator>,
+    job: CemJob,
+    device: Device,
+}
+
+impl Cem {
+    fn candidate(&self, step: u64, i: usize) -> Vec<f64> {
+        self.mean
+            .iter()
+            .zip(&self.std)
+            .enumerate()
+            .map(|(k, (m, s))| {
+                let key = splitmix(self.seed ^ splitmix(step.wrapping_mul(0x1_0000_0001) ^ splitmix((i * 16 + k) as u64)));
+                let (u1, u2) = (unit(key).max(1e-12), unit(splitmix(key)));
+                m + s * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+            })
+            .collect()
+    }
+
+    /// Plays `episodes` user-episodes with constant weights `w`.
+    fn score(&self, w: &[f64], seed: u64, episodes: usize) -> Result<CrossReport, String> {
+        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), seed)?;
+        let b = self.job.env.batch as i64;
+        let wt = Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<_>>()).to_device(self.device).unsqueeze(0).expand([b, -1], false);
+        play_cross(&mut env, episodes, |_| wt.shallow_clone())
+    }
+}
+
+impl Algorithm for Cem {
+    fn name(&self) -> &str {
+        "kuaisim.cem"
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        let err = |e: String| WorkerError::algo("kuaisim.cem", e);
+        let n = self.job.population;
+        let mut mine = Vec::new();
+        for i in (ctx.rank..n).step_by(ctx.world_size) {
+            let w = self.candidate(ctx.step, i);
+            let r = self.score(&w, splitmix(self.seed ^ splitmix(ctx.step ^ ((i as u64) << 32))), self.job.env.batch).map_err(err)?;
+            mine.extend([i as f32, (-(r.return_days / r.ends.max(1.0))) as f32]);
+        }
+        let all = ctx.comm.all_gather_f32(&mine)?;
+        let mut scored: Vec<(usize, f64)> = all.chunks_exact(2).map(|c| (c[0] as usize, c[1] as f64)).collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let k = ((n as f64 * self.job.elite).ceil() as usize).clamp(1, n);
+        let elites: Vec<Vec<f64>> = scored[..k].iter().map(|(i, _)| self.candidate(ctx.step, *i)).collect();
+        let a = self.job.alpha;
+        for d in 0..self.mean.len() {
+            let m = elites.iter().map(|e| e[d]).sum::<f64>() / k as f64;
+            let v = elites.iter().map(|e| (e[d] - m).powi(2)).sum::<f64>() / k as f64;
+            self.mean[d] = a * self.mean[d] + (1.0 - a) * m;
+            self.std[d] = (a * self.std[d] + (1.0 - a) * v.sqrt()).max(self.job.min_std);
+        }
+        let mut scalars = BTreeMap::new();
+        scalars.insert("elite_return_day".into(), -scored[..k].iter().map(|s| s.1).sum::<f64>() / k as f64);
+        scalars.insert("population_return_day".into(), -scored.iter().map(|s| s.1).sum::<f64>() / scored.len().max(1) as f64);
+        Ok(StepOutput { loss: -scored[0].1, samples: n, scalars })
+    }
+
+    /// The distribution's mean weights played on a separate, seeded environment.
+    fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
+        let r = self.score(&self.mean, splitmix(self.seed ^ 0xE7A1 ^ ctx.rank as u64), self.job.eval_users).map_err(|e| WorkerError::algo("kuaisim.cem", e))?;
+        let mut out = gather_cross(ctx, &r)?;
+        for (k, (m, s)) in self.mean.iter().zip(&self.std).enumerate() {
+            out.insert(format!("weight_{}", crate::BEHAVIOURS[k]), *m);
+            out.insert(format!("std_{}", crate::BEHAVIOURS[k]), *s);
+        }
+        Ok(out)
+    }
+
+    fn global_batch(&self) -> usize {
+        self.job.population
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![("cem.mean".into(), Tensor::from_slice(&self.mean)), ("cem.std".into(), Tensor::from_slice(&self.std))]
+    }
+
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+        for (k, dst) in [("cem.mean", &mut self.mean), ("cem.std", &mut self.std)] {
+            let t = map.get(k).ok_or_else(|| WorkerError::algo("kuaisim.cem", format!("the checkpoint has no {k}")))?;
+            let v = Vec::<f64>::try_from(t)?;
+            if v.len() != dst.len() {
+                return Err(WorkerError::algo("kuaisim.cem", format!("the checkpoint's {k} has {} weights", v.len())));
+            }
+            *dst = v;
+        }
+        Ok(())
+    }
 }
