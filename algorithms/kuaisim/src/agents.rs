@@ -222,6 +222,12 @@ macro_rules! agent {
 
 pub const ENTRIES: &[AlgorithmEntry] = &[
     AlgorithmEntry {
+        name: "kuaisim.cf",
+        summary: "Greedy CF scorer for request-level list recommendation against a KuaiSim simulator (user tower · item encoding, trained online, epsilon-greedy)",
+        validate: validate_cf,
+        build: build_cf,
+    },
+    AlgorithmEntry {
         name: "kuaisim.cem",
         summary: "CEM over ranking-fusion weights for cross-session retention against a KuaiSim simulator (population, elites, mitigation)",
         validate: validate_cem,
@@ -779,4 +785,211 @@ impl Algorithm for Cem {
         }
         Ok(())
     }
+}
+
+/// The `[algorithm]` table of `kuaisim.cf`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CfJob {
+    pub simulator: PathBuf,
+    #[serde(default = "request")]
+    pub env: EnvConfig,
+    #[serde(default = "hidden")]
+    pub hidden: Vec<i64>,
+    /// Exploration: each slate position is a random item with this probability.
+    #[serde(default = "epsilon")]
+    pub epsilon: f64,
+    /// Users (request batches) each evaluation plays per rank.
+    #[serde(default = "eval_users")]
+    pub eval_users: usize,
+}
+
+fn request() -> EnvConfig {
+    EnvConfig::new(Level::Request)
+}
+fn epsilon() -> f64 {
+    0.1
+}
+
+impl CfJob {
+    pub fn from_value(v: &toml::Value) -> Result<CfJob, ConfigError> {
+        let job: CfJob = parse_config(v)?;
+        job.env.check().map_err(|m| ConfigError::new("env", m))?;
+        if job.env.level != Level::Request {
+            return Err(ConfigError::new("env.level", "the CF scorer recommends single requests: level = \"request\""));
+        }
+        if !(0.0..=1.0).contains(&job.epsilon) || job.hidden.iter().any(|&h| h < 1) || job.eval_users == 0 {
+            return Err(ConfigError::new("epsilon", "epsilon in [0, 1], hidden widths >= 1, eval_users >= 1"));
+        }
+        Ok(job)
+    }
+}
+
+fn validate_cf(v: &toml::Value) -> Result<(), ConfigError> {
+    CfJob::from_value(v).map(|_| ())
+}
+
+fn build_cf(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+    let job = CfJob::from_value(v).map_err(|m| WorkerError::algo("kuaisim.cf", m))?;
+    let sim = Arc::new(Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cf", format!("simulator: {e}")))?);
+    let seed = splitmix(ctx.seed ^ splitmix(0xCF + ctx.rank as u64));
+    let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
+    tch::manual_seed(ctx.seed as i64);
+    let vs = nn::VarStore::new(ctx.device);
+    let e = sim.model.enc_dim();
+    let mut dims = vec![3 * e];
+    dims.extend(&job.hidden);
+    dims.push(e);
+    let user = mlp(&(vs.root() / "user"), &dims);
+    let bias = vs.root().var("item_bias", &[sim.item_count() as i64 + 1], nn::Init::Const(0.0));
+    Ok(Box::new(Cf { user, bias, vs, sim, env, seed, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, global_batch: ctx.global_batch, device: ctx.device }))
+}
+
+/// A pointwise CF scorer: score(user, item) = ⟨user tower(state), item
+/// encoding⟩ + item bias, fitted online (MSE) to each shown item's reward (its
+/// positive behaviours but hate); the slate is the top items, each position
+/// random with probability ε while training.
+pub struct Cf {
+    user: nn::Sequential,
+    bias: Tensor,
+    vs: nn::VarStore,
+    sim: Arc<Simulator>,
+    env: Env,
+    seed: u64,
+    eval_seed: u64,
+    job: CfJob,
+    global_batch: usize,
+    device: Device,
+}
+
+impl Cf {
+    /// Scores `[B, items]` (item k at index k − 1).
+    fn scores(&self, state: &Tensor) -> Tensor {
+        let n = self.sim.item_count() as i64;
+        self.user.forward(state).matmul(&self.sim.items.narrow(0, 1, n).transpose(0, 1)) + self.bias.narrow(0, 1, n)
+    }
+
+    fn greedy(&self, state: &Tensor) -> Tensor {
+        self.scores(state).topk(self.job.env.slate as i64, -1, true, true).1 + 1
+    }
+}
+
+impl Algorithm for Cf {
+    fn name(&self) -> &str {
+        "kuaisim.cf"
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        let state = self.env.user_state();
+        let (b, k) = (state.size()[0], self.job.env.slate as i64);
+        let n = self.sim.item_count() as u64;
+        let mut slate = Vec::<i64>::try_from(tch::no_grad(|| self.greedy(&state)).reshape([-1]).to_device(Device::Cpu))?;
+        for (j, id) in slate.iter_mut().enumerate() {
+            let key = splitmix(self.seed ^ splitmix(ctx.step.wrapping_mul(0x1_0000_0001) ^ j as u64));
+            if unit(key) < self.job.epsilon {
+                *id = 1 + (splitmix(key) % n) as i64;
+            }
+        }
+        let slate = Tensor::from_slice(&slate).view([b, k]).to_device(self.device);
+        let out = self.env.step(&Action::Slate(slate.shallow_clone())).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
+        // Each shown item's reward: its positive behaviours but hate.
+        let target = out.responses.narrow(2, 0, crate::NB as i64 - 1).sum_dim_intlist([2i64].as_slice(), false, Kind::Float);
+        let pred = self.scores(&state).gather(1, &(&slate - 1), false);
+        let loss = pred.mse_loss(&target, Reduction::Mean);
+        loss.f_backward()?;
+        if out.done.iter().all(|&d| d) {
+            self.env.reset();
+        }
+        let mut scalars = BTreeMap::new();
+        scalars.insert("env_reward".into(), out.reward.mean(Kind::Float).double_value(&[]));
+        Ok(StepOutput { loss: loss.double_value(&[]), samples: b as usize, scalars })
+    }
+
+    /// Request-level protocol: greedy slates on a separate, seeded environment
+    /// for `eval_users` users per rank (each for `initial_temper` requests):
+    /// `avg_l_reward` (an item's reward averaged over slates), `max_l_reward`
+    /// (the best slate of each step, averaged), `coverage`, `ild`.
+    fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
+        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
+        let r = play_request(&mut env, self.job.eval_users, |s| tch::no_grad(|| self.greedy(s))).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
+        gather_request(ctx, &r)
+    }
+
+    fn global_batch(&self) -> usize {
+        self.global_batch
+    }
+
+    fn rank_state(&self) -> Vec<(String, Tensor)> {
+        self.env.to_named()
+    }
+
+    fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        self.env.load(&state.into_iter().collect()).map_err(|e| WorkerError::algo("kuaisim.cf", e))
+    }
+}
+
+/// Totals of request-level play: slates, the sum of their L-rewards, the sum
+/// over steps of the best slate's, steps, coverage and ILD sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestReport {
+    pub slates: f64,
+    pub l_reward: f64,
+    pub max_l_reward: f64,
+    pub steps: f64,
+    pub coverage: f64,
+    pub ild: f64,
+}
+
+/// Plays request-level episodes with `policy` (user state → slate) until
+/// `users` users have been served.
+pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<RequestReport, String> {
+    let mut rep = RequestReport::default();
+    let mut served = 0usize;
+    let mut guard = 0usize;
+    while served < users {
+        guard += 1;
+        if guard > 1_000_000 {
+            return Err("evaluation: users never leave".into());
+        }
+        let s = env.user_state();
+        let out = env.step(&Action::Slate(policy(&s)))?;
+        let r = Vec::<f32>::try_from(out.reward.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        rep.slates += r.len() as f64;
+        rep.l_reward += r.iter().map(|&x| x as f64).sum::<f64>();
+        rep.max_l_reward += r.iter().copied().fold(f32::MIN, f32::max) as f64;
+        rep.steps += 1.0;
+        rep.coverage += out.coverage as f64;
+        rep.ild += out.ild;
+        if out.done.iter().all(|&d| d) {
+            served += out.done.len();
+            env.reset();
+        }
+    }
+    Ok(rep)
+}
+
+pub fn gather_request(ctx: &StepContext, r: &RequestReport) -> Result<BTreeMap<String, f64>, WorkerError> {
+    let mine = [r.slates, r.l_reward, r.max_l_reward, r.steps, r.coverage, r.ild].map(|x| x as f32);
+    let all = ctx.comm.all_gather_f32(&mine)?;
+    let mut t = [0f64; 6];
+    for chunk in all.chunks_exact(6) {
+        for (a, b) in t.iter_mut().zip(chunk) {
+            *a += *b as f64;
+        }
+    }
+    let mut out = BTreeMap::new();
+    out.insert("avg_l_reward".into(), t[1] / t[0].max(1.0));
+    out.insert("max_l_reward".into(), t[2] / t[3].max(1.0));
+    out.insert("coverage".into(), t[4] / t[3].max(1.0));
+    out.insert("ild".into(), t[5] / t[3].max(1.0));
+    Ok(out)
 }
