@@ -160,7 +160,7 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     })
     .unwrap();
     let random_total = random.session_reward / random.sessions;
-    for algo in ["kuaisim.ddpg", "kuaisim.td3"] {
+    for algo in ["kuaisim.ddpg", "kuaisim.td3", "kuaisim.a2c"] {
         let name = algo.replace('.', "-");
         let out = kiln_run(dir.path(), &agent_job(dir.path(), &sim, &name, algo, 1500, 0), 2, &[]);
         assert!(out.status.success(), "{}", text(&out));

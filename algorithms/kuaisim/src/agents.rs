@@ -214,9 +214,18 @@ fn validate(v: &toml::Value) -> Result<(), ConfigError> {
     AgentJob::from_value(v).map(|_| ())
 }
 
+/// Which actor-critic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Ddpg,
+    Td3,
+    /// Advantage actor-critic: on-policy, a Gaussian policy and a state-value critic.
+    A2c,
+}
+
 macro_rules! agent {
-    ($name:literal, $td3:expr, $summary:literal) => {
-        AlgorithmEntry { name: $name, summary: $summary, validate, build: |v, ctx| build($name, $td3, v, ctx) }
+    ($name:literal, $variant:expr, $summary:literal) => {
+        AlgorithmEntry { name: $name, summary: $summary, validate, build: |v, ctx| build($name, $variant, v, ctx) }
     };
 }
 
@@ -233,20 +242,21 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
         validate: validate_cem,
         build: build_cem,
     },
-    agent!("kuaisim.ddpg", false, "DDPG recommendation agent against a KuaiSim simulator: whole sessions (hyper-action, dot-product slate) or cross sessions (ranking-fusion weights, retention reward)"),
-    agent!("kuaisim.td3", true, "TD3 recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing), whole or cross sessions"),
+    agent!("kuaisim.a2c", Variant::A2c, "A2C recommendation agent against a KuaiSim simulator: on-policy Gaussian actor and state-value critic, whole or cross sessions"),
+    agent!("kuaisim.ddpg", Variant::Ddpg, "DDPG recommendation agent against a KuaiSim simulator: whole sessions (hyper-action, dot-product slate) or cross sessions (ranking-fusion weights, retention reward)"),
+    agent!("kuaisim.td3", Variant::Td3, "TD3 recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing), whole or cross sessions"),
 ];
 
-fn build(name: &'static str, td3: bool, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+fn build(name: &'static str, variant: Variant, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     let job = AgentJob::from_value(v).map_err(|m| WorkerError::algo(name, m))?;
     let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo(name, format!("simulator: {e}")))?;
-    Ok(Box::new(ActorCritic::new(name, td3, job, sim, ctx)?))
+    Ok(Box::new(ActorCritic::new(name, variant, job, sim, ctx)?))
 }
 
-/// The whole-session agent (DDPG, or TD3 with `td3`).
+/// The actor-critic agents (DDPG, TD3, A2C).
 pub struct ActorCritic {
     name: &'static str,
-    td3: bool,
+    variant: Variant,
     job: AgentJob,
     sim: Arc<Simulator>,
     env: Env,
@@ -265,7 +275,8 @@ pub struct ActorCritic {
 }
 
 impl ActorCritic {
-    fn new(name: &'static str, td3: bool, job: AgentJob, sim: Simulator, ctx: &BuildContext) -> Result<ActorCritic, WorkerError> {
+    fn new(name: &'static str, variant: Variant, job: AgentJob, sim: Simulator, ctx: &BuildContext) -> Result<ActorCritic, WorkerError> {
+        let td3 = variant == Variant::Td3;
         let sim = Arc::new(sim);
         let seed = splitmix(ctx.seed ^ splitmix(0xA9E47 + ctx.rank as u64));
         let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo(name, e))?;
@@ -278,14 +289,15 @@ impl ActorCritic {
         dims.extend(&job.hidden);
         dims.push(a);
         let actor = mlp(&(&root / "actor"), &dims);
-        let mut cdims = vec![s + a];
+        // A2C's critic values the state alone.
+        let mut cdims = vec![if variant == Variant::A2c { s } else { s + a }];
         cdims.extend(&job.hidden);
         cdims.push(1);
         let critics = (0..if td3 { 2 } else { 1 }).map(|k| mlp(&(&root / format!("critic{k}")), &cdims)).collect();
         let targets = vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect::<BTreeMap<_, _>>().into_iter().collect();
         let replay = Replay::new(job.buffer, s, a, ctx.device);
         let per = ctx.global_batch / ctx.world_size.max(1);
-        Ok(ActorCritic { name, td3, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
+        Ok(ActorCritic { name, variant, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
     }
 
     /// The action as the environment takes it.
@@ -306,6 +318,71 @@ impl ActorCritic {
         let items = self.sim.items.narrow(0, 1, self.sim.item_count() as i64);
         let k = self.job.env.slate as i64;
         hyper.matmul(&items.transpose(0, 1)).topk(k, -1, true, true).1 + 1
+    }
+
+    fn td3(&self) -> bool {
+        self.variant == Variant::Td3
+    }
+
+    /// Adds the gradient of `loss` with respect to the actor's parameters
+    /// (only) to their gradients.
+    fn actor_backward(&self, loss: &Tensor) -> Result<(), tch::TchError> {
+        let actor: Vec<Tensor> = self.parameters().into_iter().filter(|(n, _)| n.starts_with("actor")).map(|(_, t)| t).collect();
+        let grads = Tensor::f_run_backward(&[loss], &actor, false, false)?;
+        let _g = tch::no_grad_guard();
+        for (p, g) in actor.iter().zip(grads) {
+            let mut pg = p.grad();
+            let _ = pg.f_add_(&g)?;
+        }
+        Ok(())
+    }
+
+    /// The reward the agent learns from: the immediate reward, or (cross
+    /// session) −return_day/10 at session ends plus `immediate_weight` × it.
+    fn learning_reward(&self, out: &crate::env::Step, scalars: &mut BTreeMap<String, f64>) -> Tensor {
+        match self.job.env.level {
+            Level::CrossSession => {
+                let ret: Vec<f32> = out.return_day.iter().map(|&d| -(d as f32) / 10.0).collect();
+                let ends = out.return_day.iter().filter(|&&d| d > 0).count();
+                if ends > 0 {
+                    scalars.insert("return_day".into(), out.return_day.iter().sum::<usize>() as f64 / ends as f64);
+                }
+                Tensor::from_slice(&ret).to_device(self.device) + &out.reward * self.job.immediate_weight
+            }
+            _ => out.reward.shallow_clone(),
+        }
+    }
+
+    /// One A2C step on the batch just played: advantage
+    /// A = r + γ(1 − done)V(s′) − V(s); critic loss A², actor loss
+    /// −log π(a|s)·A (A held fixed), π Gaussian around the actor's output
+    /// with standard deviation `noise`.
+    fn a2c_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        let state = self.env.user_state();
+        let b = state.size()[0];
+        let a_dim = self.replay.action.size()[1];
+        let mu = self.act(&state);
+        let sigma = self.job.noise.max(1e-3);
+        let a = (mu.detach() + self.gaussian(8, ctx.step, &[b, a_dim]) * sigma).detach();
+        let out = self.env.step(&self.env_action(&a)).map_err(|e| WorkerError::algo(self.name, e))?;
+        let mut scalars = BTreeMap::new();
+        let r = self.learning_reward(&out, &mut scalars).view([-1, 1]);
+        let done = Tensor::from_slice(&out.done.iter().map(|&d| d as u8 as f32).collect::<Vec<_>>()).to_device(self.device).view([-1, 1]);
+        if self.job.env.level == Level::CrossSession && out.done.iter().any(|&d| d) {
+            self.env.reset();
+        }
+        let v = self.critics[0].forward(&state);
+        let v2 = tch::no_grad(|| self.critics[0].forward(&out.user_state));
+        let adv = &r + (done.ones_like() - &done) * v2 * self.job.gamma - &v;
+        let critic_loss = adv.square().mean(Kind::Float);
+        critic_loss.f_backward()?;
+        let log_pi = -((&a - &mu).square().sum_dim_intlist([1i64].as_slice(), true, Kind::Float)) / (2.0 * sigma * sigma);
+        let actor_loss = -(log_pi * adv.detach()).mean(Kind::Float);
+        self.actor_backward(&actor_loss)?;
+        scalars.insert("env_reward".into(), out.reward.mean(Kind::Float).double_value(&[]));
+        scalars.insert("critic_loss".into(), critic_loss.double_value(&[]));
+        scalars.insert("actor_loss".into(), actor_loss.double_value(&[]));
+        Ok(StepOutput { loss: critic_loss.double_value(&[]) + actor_loss.double_value(&[]), samples: b as usize, scalars })
     }
 
     fn q(&self, k: usize, s: &Tensor, a: &Tensor) -> Tensor {
@@ -357,9 +434,12 @@ impl Algorithm for ActorCritic {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        if self.variant == Variant::A2c {
+            return self.a2c_step(ctx);
+        }
         let step = ctx.step;
         // Targets follow the networks as they are after the previous update.
-        if step > 0 && (!self.td3 || step % self.job.policy_delay == 0) {
+        if step > 0 && (!self.td3() || step % self.job.policy_delay == 0) {
             let _g = tch::no_grad_guard();
             let vars = self.vs.variables();
             for (n, t) in &mut self.targets {
@@ -382,17 +462,7 @@ impl Algorithm for ActorCritic {
         let out = self.env.step(&self.env_action(&hyper)).map_err(|e| WorkerError::algo(self.name, e))?;
         let done = Tensor::from_slice(&out.done.iter().map(|&d| d as u8 as f32).collect::<Vec<_>>()).to_device(self.device);
         let mut scalars = BTreeMap::new();
-        let reward = match self.job.env.level {
-            Level::CrossSession => {
-                let ret: Vec<f32> = out.return_day.iter().map(|&d| -(d as f32) / 10.0).collect();
-                let ends = out.return_day.iter().filter(|&&d| d > 0).count();
-                if ends > 0 {
-                    scalars.insert("return_day".into(), out.return_day.iter().sum::<usize>() as f64 / ends as f64);
-                }
-                Tensor::from_slice(&ret).to_device(self.device) + &out.reward * self.job.immediate_weight
-            }
-            _ => out.reward.shallow_clone(),
-        };
+        let reward = self.learning_reward(&out, &mut scalars);
         self.replay.push(&state, &hyper, &reward, &out.user_state, &done);
         if self.job.env.level == Level::CrossSession && out.done.iter().any(|&d| d) {
             // Every user's episode ends together: the next step starts new ones.
@@ -407,7 +477,7 @@ impl Algorithm for ActorCritic {
         let [s, a, r, s2, d] = self.replay.sample(self.batch, splitmix(self.seed ^ step));
         let target = self.with_targets(|me| {
             let mut a2 = me.act(&s2);
-            if me.td3 {
+            if me.td3() {
                 let eps = (me.gaussian(9, step, &a2.size()) * me.job.target_noise).clamp(-me.job.noise_clip, me.job.noise_clip);
                 a2 = (a2 + eps).clamp(-1.0, 1.0);
             }
@@ -418,16 +488,10 @@ impl Algorithm for ActorCritic {
         critic_loss.f_backward()?;
         let mut loss = critic_loss.double_value(&[]);
         scalars.insert("critic_loss".into(), loss);
-        if !self.td3 || step % self.job.policy_delay == 0 {
+        if !self.td3() || step % self.job.policy_delay == 0 {
             // The actor's gradient goes to the actor only.
             let actor_loss = -self.q(0, &s, &self.act(&s)).mean(Kind::Float);
-            let actor: Vec<Tensor> = self.parameters().into_iter().filter(|(n, _)| n.starts_with("actor")).map(|(_, t)| t).collect();
-            let grads = Tensor::f_run_backward(&[&actor_loss], &actor, false, false)?;
-            let _g = tch::no_grad_guard();
-            for (p, g) in actor.iter().zip(grads) {
-                let mut pg = p.grad();
-                let _ = pg.f_add_(&g)?;
-            }
+            self.actor_backward(&actor_loss)?;
             let al = actor_loss.double_value(&[]);
             scalars.insert("actor_loss".into(), al);
             loss += al;
