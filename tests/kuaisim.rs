@@ -3,7 +3,7 @@
 //! simulator the environments load, resumes exactly, and bad logs are refused
 //! with their place; whole-session agents (DDPG, TD3) earn more per session
 //! than random slates and resume exactly with their replay buffers;
-//! cross-session agents (CEM, TD3) bring users back sooner than random
+//! cross-session agents (CEM, TD3, RLUR) bring users back sooner than random
 //! fusion weights.
 
 mod common;
@@ -248,13 +248,13 @@ fn cross_session_agents_shorten_the_return_time_against_random_fusion_weights() 
         std::fs::write(&path, text).unwrap();
         path
     };
-    for (name, algo, steps, extra) in [("cem", "kuaisim.cem", 10, "population = 16"), ("td3x", "kuaisim.td3", 1500, "start_steps = 60\nbuffer = 20000\nhidden = [64, 32]\nactor_lr_scale = 1.0\nnoise = 0.3")] {
+    for (name, algo, steps, extra) in [("cem", "kuaisim.cem", 10, "population = 16"), ("td3x", "kuaisim.td3", 1500, "start_steps = 60\nbuffer = 20000\nhidden = [64, 32]\nactor_lr_scale = 1.0\nnoise = 0.3"), ("rlur", "kuaisim.rlur", 1500, "start_steps = 60\nbuffer = 20000\nhidden = [64, 32]\nactor_lr_scale = 1.0\nnoise = 0.3\nrnd_weight = 0.1")] {
         let out = kiln_run(dir.path(), &job(name, algo, steps, extra), 2, &[]);
         assert!(out.status.success(), "{}", text(&out));
         let e = final_eval(dir.path(), name);
         let (day, retention) = (e["return_day"].as_f64().unwrap(), e["retention"].as_f64().unwrap());
         eprintln!("{algo}: return day {day:.3} retention {retention:.3}; random {random_day:.3} {random_retention:.3}");
-        // Measured: CEM 2.04 / 0.53, TD3 1.72 / 0.58, random 2.23 / 0.44.
+        // Measured: CEM 2.04 / 0.53, TD3 1.72 / 0.58, RLUR 1.90 / 0.53, random 2.23 / 0.44.
         assert!(day < random_day - 0.1 && retention > random_retention + 0.05, "{algo}: return day {day:.3}, retention {retention:.3} vs random {random_day:.3}, {random_retention:.3}");
     }
 }

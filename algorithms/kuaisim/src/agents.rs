@@ -39,9 +39,10 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub fn new(capacity: usize, state: i64, action: i64, device: Device) -> Replay {
+    /// `rewards`: reward components per transition (RLUR keeps two).
+    pub fn new(capacity: usize, state: i64, action: i64, rewards: i64, device: Device) -> Replay {
         let z = |w: i64| Tensor::zeros([capacity as i64, w], (Kind::Float, device));
-        Replay { capacity, len: 0, next: 0, state: z(state), action: z(action), reward: z(1), next_state: z(state), done: z(1) }
+        Replay { capacity, len: 0, next: 0, state: z(state), action: z(action), reward: z(rewards), next_state: z(state), done: z(1) }
     }
 
     pub fn push(&mut self, s: &Tensor, a: &Tensor, r: &Tensor, s2: &Tensor, done: &Tensor) {
@@ -51,7 +52,7 @@ impl Replay {
         let idx = Tensor::from_slice(&idx).to_device(self.state.device());
         let _ = self.state.index_copy_(0, &idx, s);
         let _ = self.action.index_copy_(0, &idx, a);
-        let _ = self.reward.index_copy_(0, &idx, &r.view([-1, 1]));
+        let _ = self.reward.index_copy_(0, &idx, &r.view([n as i64, -1]));
         let _ = self.next_state.index_copy_(0, &idx, s2);
         let _ = self.done.index_copy_(0, &idx, &done.view([-1, 1]));
         self.next = (self.next + n) % self.capacity;
@@ -151,6 +152,21 @@ pub struct AgentJob {
     /// Cross session: weight of the immediate reward added to the retention reward.
     #[serde(default)]
     pub immediate_weight: f64,
+    /// RLUR: the actor's weights on the retention and immediate critics
+    /// (λ_T, λ_I), and the RND bonus's weight on the retention reward (0: off).
+    #[serde(default = "one")]
+    pub retention_lambda: f64,
+    #[serde(default = "small")]
+    pub immediate_lambda: f64,
+    #[serde(default)]
+    pub rnd_weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn small() -> f64 {
+    1e-3
 }
 
 fn whole_session() -> EnvConfig {
@@ -221,6 +237,9 @@ pub enum Variant {
     Td3,
     /// Advantage actor-critic: on-policy, a Gaussian policy and a state-value critic.
     A2c,
+    /// RLUR (cross session): TD3-style, with a retention critic and an
+    /// immediate-reward critic, and an optional RND exploration bonus.
+    Rlur,
 }
 
 macro_rules! agent {
@@ -243,6 +262,7 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
         build: build_cem,
     },
     agent!("kuaisim.a2c", Variant::A2c, "A2C recommendation agent against a KuaiSim simulator: on-policy Gaussian actor and state-value critic, whole or cross sessions"),
+    agent!("kuaisim.rlur", Variant::Rlur, "RLUR cross-session retention agent against a KuaiSim simulator: retention and immediate critics, fusion-weight actor, optional RND bonus"),
     agent!("kuaisim.ddpg", Variant::Ddpg, "DDPG recommendation agent against a KuaiSim simulator: whole sessions (hyper-action, dot-product slate) or cross sessions (ranking-fusion weights, retention reward)"),
     agent!("kuaisim.td3", Variant::Td3, "TD3 recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing), whole or cross sessions"),
 ];
@@ -257,6 +277,9 @@ fn build(name: &'static str, variant: Variant, v: &toml::Value, ctx: &BuildConte
 pub struct ActorCritic {
     name: &'static str,
     variant: Variant,
+    /// RLUR's RND: a trained predictor of a fixed random network's output;
+    /// its error on the next state is the novelty bonus.
+    rnd: Option<(nn::Sequential, nn::Sequential)>,
     job: AgentJob,
     sim: Arc<Simulator>,
     env: Env,
@@ -276,7 +299,10 @@ pub struct ActorCritic {
 
 impl ActorCritic {
     fn new(name: &'static str, variant: Variant, job: AgentJob, sim: Simulator, ctx: &BuildContext) -> Result<ActorCritic, WorkerError> {
-        let td3 = variant == Variant::Td3;
+        let td3 = matches!(variant, Variant::Td3 | Variant::Rlur);
+        if variant == Variant::Rlur && job.env.level != Level::CrossSession {
+            return Err(WorkerError::algo(name, "RLUR optimises retention across sessions: set [algorithm.env] level = \"cross-session\""));
+        }
         let sim = Arc::new(sim);
         let seed = splitmix(ctx.seed ^ splitmix(0xA9E47 + ctx.rank as u64));
         let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo(name, e))?;
@@ -293,11 +319,22 @@ impl ActorCritic {
         let mut cdims = vec![if variant == Variant::A2c { s } else { s + a }];
         cdims.extend(&job.hidden);
         cdims.push(1);
+        // RLUR: critic 0 values retention, critic 1 the immediate reward.
         let critics = (0..if td3 { 2 } else { 1 }).map(|k| mlp(&(&root / format!("critic{k}")), &cdims)).collect();
-        let targets = vs.variables().into_iter().map(|(n, t)| (n, t.detach().copy())).collect::<BTreeMap<_, _>>().into_iter().collect();
-        let replay = Replay::new(job.buffer, s, a, ctx.device);
+        let rnd = (variant == Variant::Rlur && job.rnd_weight > 0.0).then(|| {
+            let target = mlp(&(&root / "rnd_target"), &[s, 64, 32]);
+            for (n, mut t) in vs.variables() {
+                if n.starts_with("rnd_target") {
+                    t = t.set_requires_grad(false);
+                    let _ = t;
+                }
+            }
+            (mlp(&(&root / "rnd_predictor"), &[s, 64, 32]), target)
+        });
+        let targets = vs.variables().into_iter().filter(|(n, _)| !n.starts_with("rnd")).map(|(n, t)| (n, t.detach().copy())).collect::<BTreeMap<_, _>>().into_iter().collect();
+        let replay = Replay::new(job.buffer, s, a, if variant == Variant::Rlur { 2 } else { 1 }, ctx.device);
         let per = ctx.global_batch / ctx.world_size.max(1);
-        Ok(ActorCritic { name, variant, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
+        Ok(ActorCritic { name, variant, rnd, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
     }
 
     /// The action as the environment takes it.
@@ -463,6 +500,18 @@ impl Algorithm for ActorCritic {
         let done = Tensor::from_slice(&out.done.iter().map(|&d| d as u8 as f32).collect::<Vec<_>>()).to_device(self.device);
         let mut scalars = BTreeMap::new();
         let reward = self.learning_reward(&out, &mut scalars);
+        let reward = if self.variant == Variant::Rlur {
+            // [retention (+ novelty), immediate]
+            let mut retention = reward - &out.reward * self.job.immediate_weight;
+            if let Some((pred, target)) = &self.rnd {
+                let bonus = tch::no_grad(|| (pred.forward(&out.user_state) - target.forward(&out.user_state)).square().mean_dim([1i64].as_slice(), false, Kind::Float));
+                scalars.insert("rnd_bonus".into(), bonus.mean(Kind::Float).double_value(&[]));
+                retention = retention + bonus * self.job.rnd_weight;
+            }
+            Tensor::stack(&[retention, out.reward.shallow_clone()], 1)
+        } else {
+            reward
+        };
         self.replay.push(&state, &hyper, &reward, &out.user_state, &done);
         if self.job.env.level == Level::CrossSession && out.done.iter().any(|&d| d) {
             // Every user's episode ends together: the next step starts new ones.
@@ -481,16 +530,34 @@ impl Algorithm for ActorCritic {
                 let eps = (me.gaussian(9, step, &a2.size()) * me.job.target_noise).clamp(-me.job.noise_clip, me.job.noise_clip);
                 a2 = (a2 + eps).clamp(-1.0, 1.0);
             }
+            if me.variant == Variant::Rlur {
+                // Each critic bootstraps its own reward component.
+                let q2 = Tensor::cat(&[me.q(0, &s2, &a2), me.q(1, &s2, &a2)], 1);
+                return &r + (d.ones_like() - &d) * q2 * me.job.gamma;
+            }
             let q2 = (0..me.critics.len()).map(|k| me.q(k, &s2, &a2)).reduce(|x, y| x.minimum(&y)).unwrap_or_else(|| r.zeros_like());
             &r + (d.ones_like() - &d) * q2 * me.job.gamma
         });
-        let critic_loss = (0..self.critics.len()).map(|k| self.q(k, &s, &a).mse_loss(&target, Reduction::Mean)).reduce(|x, y| x + y).unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device)));
+        let critic_loss = if self.variant == Variant::Rlur {
+            self.q(0, &s, &a).mse_loss(&target.narrow(1, 0, 1), Reduction::Mean) + self.q(1, &s, &a).mse_loss(&target.narrow(1, 1, 1), Reduction::Mean)
+        } else {
+            (0..self.critics.len()).map(|k| self.q(k, &s, &a).mse_loss(&target, Reduction::Mean)).reduce(|x, y| x + y).unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device)))
+        };
+        if let Some((pred, target)) = &self.rnd {
+            let rnd_loss = (pred.forward(&s) - tch::no_grad(|| target.forward(&s))).square().mean(Kind::Float);
+            rnd_loss.f_backward()?;
+        }
         critic_loss.f_backward()?;
         let mut loss = critic_loss.double_value(&[]);
         scalars.insert("critic_loss".into(), loss);
         if !self.td3() || step % self.job.policy_delay == 0 {
             // The actor's gradient goes to the actor only.
-            let actor_loss = -self.q(0, &s, &self.act(&s)).mean(Kind::Float);
+            let pi = self.act(&s);
+            let actor_loss = if self.variant == Variant::Rlur {
+                -(self.q(0, &s, &pi) * self.job.retention_lambda + self.q(1, &s, &pi) * self.job.immediate_lambda).mean(Kind::Float)
+            } else {
+                -self.q(0, &s, &pi).mean(Kind::Float)
+            };
             self.actor_backward(&actor_loss)?;
             let al = actor_loss.double_value(&[]);
             scalars.insert("actor_loss".into(), al);
