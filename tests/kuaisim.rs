@@ -2,7 +2,7 @@
 //! logs on 2 ranks with per-behaviour metrics, equals a 1-rank run, exports a
 //! simulator the environments load, resumes exactly, and bad logs are refused
 //! with their place; whole-session agents (DDPG, TD3) earn more per session
-//! than random slates and resume exactly with their replay buffers;
+//! than random slates (and A2C, HAC too) and resume exactly with their replay buffers;
 //! cross-session agents (CEM, TD3, RLUR) bring users back sooner than random
 //! fusion weights.
 
@@ -160,7 +160,7 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     })
     .unwrap();
     let random_total = random.session_reward / random.sessions;
-    for algo in ["kuaisim.ddpg", "kuaisim.td3", "kuaisim.a2c"] {
+    for algo in ["kuaisim.ddpg", "kuaisim.td3", "kuaisim.a2c", "kuaisim.hac"] {
         let name = algo.replace('.', "-");
         let out = kiln_run(dir.path(), &agent_job(dir.path(), &sim, &name, algo, 1500, 0), 2, &[]);
         assert!(out.status.success(), "{}", text(&out));

@@ -160,6 +160,15 @@ pub struct AgentJob {
     pub immediate_lambda: f64,
     #[serde(default)]
     pub rnd_weight: f64,
+    /// HAC: the inverse module's loss weight and the behaviour (click BCE) loss's.
+    #[serde(default = "inverse_weight")]
+    pub inverse_weight: f64,
+    #[serde(default = "one")]
+    pub behaviour_weight: f64,
+}
+
+fn inverse_weight() -> f64 {
+    0.1
 }
 
 fn one() -> f64 {
@@ -240,6 +249,10 @@ pub enum Variant {
     /// RLUR (cross session): TD3-style, with a retention critic and an
     /// immediate-reward critic, and an optional RND exploration bonus.
     Rlur,
+    /// HAC (whole session): DDPG whose critic sees the action the chosen items
+    /// amount to (an inverse module maps their encodings back to the
+    /// hyper-action space) and whose actor also learns the clicks (BCE).
+    Hac,
 }
 
 macro_rules! agent {
@@ -263,6 +276,7 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
     },
     agent!("kuaisim.a2c", Variant::A2c, "A2C recommendation agent against a KuaiSim simulator: on-policy Gaussian actor and state-value critic, whole or cross sessions"),
     agent!("kuaisim.rlur", Variant::Rlur, "RLUR cross-session retention agent against a KuaiSim simulator: retention and immediate critics, fusion-weight actor, optional RND bonus"),
+    agent!("kuaisim.hac", Variant::Hac, "HAC (hyper-actor critic) whole-session recommendation agent against a KuaiSim simulator: inverse module, behaviour loss on clicks"),
     agent!("kuaisim.ddpg", Variant::Ddpg, "DDPG recommendation agent against a KuaiSim simulator: whole sessions (hyper-action, dot-product slate) or cross sessions (ranking-fusion weights, retention reward)"),
     agent!("kuaisim.td3", Variant::Td3, "TD3 recommendation agent against a KuaiSim simulator (twin critics, delayed actor, target smoothing), whole or cross sessions"),
 ];
@@ -280,6 +294,7 @@ pub struct ActorCritic {
     /// RLUR's RND: a trained predictor of a fixed random network's output;
     /// its error on the next state is the novelty bonus.
     rnd: Option<(nn::Sequential, nn::Sequential)>,
+    inverse: Option<nn::Sequential>,
     job: AgentJob,
     sim: Arc<Simulator>,
     env: Env,
@@ -300,6 +315,9 @@ pub struct ActorCritic {
 impl ActorCritic {
     fn new(name: &'static str, variant: Variant, job: AgentJob, sim: Simulator, ctx: &BuildContext) -> Result<ActorCritic, WorkerError> {
         let td3 = matches!(variant, Variant::Td3 | Variant::Rlur);
+        if variant == Variant::Hac && job.env.level != Level::WholeSession {
+            return Err(WorkerError::algo(name, "HAC recommends slates within sessions: set [algorithm.env] level = \"whole-session\""));
+        }
         if variant == Variant::Rlur && job.env.level != Level::CrossSession {
             return Err(WorkerError::algo(name, "RLUR optimises retention across sessions: set [algorithm.env] level = \"cross-session\""));
         }
@@ -332,9 +350,13 @@ impl ActorCritic {
             (mlp(&(&root / "rnd_predictor"), &[s, 64, 32]), target)
         });
         let targets = vs.variables().into_iter().filter(|(n, _)| !n.starts_with("rnd")).map(|(n, t)| (n, t.detach().copy())).collect::<BTreeMap<_, _>>().into_iter().collect();
-        let replay = Replay::new(job.buffer, s, a, if variant == Variant::Rlur { 2 } else { 1 }, ctx.device);
+        // HAC's inverse module: the chosen items' mean encoding → a hyper-action.
+        let inverse = (variant == Variant::Hac).then(|| mlp(&(&root / "inverse"), &[a, job.hidden[0], a]));
+        // HAC also remembers the slate and its clicks: [hyper | item ids | clicks].
+        let stored = if variant == Variant::Hac { a + 2 * job.env.slate as i64 } else { a };
+        let replay = Replay::new(job.buffer, s, stored, if variant == Variant::Rlur { 2 } else { 1 }, ctx.device);
         let per = ctx.global_batch / ctx.world_size.max(1);
-        Ok(ActorCritic { name, variant, rnd, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
+        Ok(ActorCritic { name, variant, rnd, inverse, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, sim, env, vs, actor, critics, targets, replay, seed, batch: per.max(1), global_batch: ctx.global_batch, device: ctx.device })
     }
 
     /// The action as the environment takes it.
@@ -488,7 +510,7 @@ impl Algorithm for ActorCritic {
         // Act in this rank's environment and remember what happened.
         let state = self.env.user_state();
         let b = state.size()[0];
-        let a_dim = self.replay.action.size()[1];
+        let a_dim = if self.variant == Variant::Hac { self.sim.model.enc_dim() } else { self.replay.action.size()[1] };
         let hyper = tch::no_grad(|| {
             if step < self.job.start_steps {
                 self.uniform(7, step, (b * a_dim) as usize).view([b, a_dim]) * 2.0 - 1.0
@@ -512,7 +534,12 @@ impl Algorithm for ActorCritic {
         } else {
             reward
         };
-        self.replay.push(&state, &hyper, &reward, &out.user_state, &done);
+        let stored = if self.variant == Variant::Hac {
+            Tensor::cat(&[hyper.shallow_clone(), out.slate.to_kind(Kind::Float), out.responses.select(2, 0)], 1)
+        } else {
+            hyper.shallow_clone()
+        };
+        self.replay.push(&state, &stored, &reward, &out.user_state, &done);
         if self.job.env.level == Level::CrossSession && out.done.iter().any(|&d| d) {
             // Every user's episode ends together: the next step starts new ones.
             self.env.reset();
@@ -524,6 +551,25 @@ impl Algorithm for ActorCritic {
         }
         // One update from this rank's minibatch.
         let [s, a, r, s2, d] = self.replay.sample(self.batch, splitmix(self.seed ^ step));
+        // HAC: the critic sees the action the chosen items amount to.
+        let mut hac_extra: Option<(Tensor, Tensor)> = None;
+        let a = match &self.inverse {
+            Some(inverse) => {
+                let e = self.sim.model.enc_dim();
+                let k = self.job.env.slate as i64;
+                let hyper = a.narrow(1, 0, e);
+                let ids = a.narrow(1, e, k).to_kind(Kind::Int64);
+                let clicks = a.narrow(1, e + k, k);
+                let items = self.sim.items.index_select(0, &ids.reshape([-1])).view([-1, k, e]);
+                let effect = inverse.forward(&items.mean_dim([1i64].as_slice(), false, Kind::Float)).tanh();
+                let inverse_loss = effect.mse_loss(&hyper, Reduction::Mean) * self.job.inverse_weight;
+                inverse_loss.f_backward()?;
+                scalars.insert("inverse_loss".into(), inverse_loss.double_value(&[]));
+                hac_extra = Some((items, clicks));
+                effect.detach()
+            }
+            None => a,
+        };
         let target = self.with_targets(|me| {
             let mut a2 = me.act(&s2);
             if me.td3() {
@@ -553,11 +599,18 @@ impl Algorithm for ActorCritic {
         if !self.td3() || step % self.job.policy_delay == 0 {
             // The actor's gradient goes to the actor only.
             let pi = self.act(&s);
-            let actor_loss = if self.variant == Variant::Rlur {
+            let mut actor_loss = if self.variant == Variant::Rlur {
                 -(self.q(0, &s, &pi) * self.job.retention_lambda + self.q(1, &s, &pi) * self.job.immediate_lambda).mean(Kind::Float)
             } else {
                 -self.q(0, &s, &pi).mean(Kind::Float)
             };
+            if let Some((items, clicks)) = &hac_extra {
+                // The behaviour loss: the hyper-action's dot score predicts each shown item's click.
+                let logits = items.matmul(&pi.unsqueeze(-1)).squeeze_dim(-1);
+                let bce = logits.binary_cross_entropy_with_logits::<Tensor>(clicks, None, None, Reduction::Mean);
+                scalars.insert("behaviour_loss".into(), bce.double_value(&[]));
+                actor_loss = actor_loss + bce * self.job.behaviour_weight;
+            }
             self.actor_backward(&actor_loss)?;
             let al = actor_loss.double_value(&[]);
             scalars.insert("actor_loss".into(), al);
