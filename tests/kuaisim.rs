@@ -1,10 +1,10 @@
 //! KuaiSim as kiln jobs: the response model trains on synthetic KuaiRand-layout
 //! logs on 2 ranks with per-behaviour metrics, equals a 1-rank run, exports a
 //! simulator the environments load, resumes exactly, and bad logs are refused
-//! with their place; whole-session agents (DDPG, TD3) earn more per session
-//! than random slates (and A2C, HAC too) and resume exactly with their replay buffers;
-//! cross-session agents (CEM, TD3, RLUR) bring users back sooner than random
-//! fusion weights.
+//! with their place; whole-session agents (DDPG, TD3, A2C, HAC) earn more per
+//! session than random slates, the CF scorer more per request, and a killed
+//! DDPG run resumes exactly with its replay buffers; cross-session agents
+//! (CEM, TD3, RLUR) bring users back sooner than random fusion weights.
 
 mod common;
 use common::*;

@@ -717,16 +717,21 @@ pub fn play(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Tensor) -> 
     Ok(rep)
 }
 
-/// The report summed over ranks, as metrics.
-pub fn gather_report(ctx: &StepContext, r: &Report) -> Result<BTreeMap<String, f64>, WorkerError> {
-    let mine = [r.sessions, r.steps, r.reward, r.session_reward, r.coverage, r.ild, r.env_steps].map(|x| x as f32);
-    let all = ctx.comm.all_gather_f32(&mine)?;
-    let mut t = [0f64; 7];
-    for chunk in all.chunks_exact(7) {
+/// Each total summed over ranks.
+fn sum_over_ranks<const N: usize>(ctx: &StepContext, mine: [f64; N]) -> Result<[f64; N], WorkerError> {
+    let all = ctx.comm.all_gather_f32(&mine.map(|x| x as f32))?;
+    let mut t = [0f64; N];
+    for chunk in all.chunks_exact(N) {
         for (a, b) in t.iter_mut().zip(chunk) {
             *a += *b as f64;
         }
     }
+    Ok(t)
+}
+
+/// The report summed over ranks, as metrics.
+pub fn gather_report(ctx: &StepContext, r: &Report) -> Result<BTreeMap<String, f64>, WorkerError> {
+    let t = sum_over_ranks(ctx, [r.sessions, r.steps, r.reward, r.session_reward, r.coverage, r.ild, r.env_steps])?;
     let mut out = BTreeMap::new();
     out.insert("depth".into(), t[1] / t[0].max(1.0));
     out.insert("avg_reward".into(), t[2] / t[1].max(1.0));
@@ -780,14 +785,7 @@ pub fn play_cross(env: &mut Env, episodes: usize, policy: impl Fn(&Tensor) -> Te
 /// (mean days until the next session, lower is better), `retention` (share
 /// of sessions followed by a next-day return) and `avg_reward` per request.
 pub fn gather_cross(ctx: &StepContext, r: &CrossReport) -> Result<BTreeMap<String, f64>, WorkerError> {
-    let mine = [r.episodes, r.ends, r.return_days, r.next_day, r.reward, r.requests].map(|x| x as f32);
-    let all = ctx.comm.all_gather_f32(&mine)?;
-    let mut t = [0f64; 6];
-    for chunk in all.chunks_exact(6) {
-        for (a, b) in t.iter_mut().zip(chunk) {
-            *a += *b as f64;
-        }
-    }
+    let t = sum_over_ranks(ctx, [r.episodes, r.ends, r.return_days, r.next_day, r.reward, r.requests])?;
     let mut out = BTreeMap::new();
     out.insert("return_day".into(), t[2] / t[1].max(1.0));
     out.insert("retention".into(), t[3] / t[1].max(1.0));
@@ -1162,14 +1160,7 @@ pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Ten
 }
 
 pub fn gather_request(ctx: &StepContext, r: &RequestReport) -> Result<BTreeMap<String, f64>, WorkerError> {
-    let mine = [r.slates, r.l_reward, r.max_l_reward, r.steps, r.coverage, r.ild].map(|x| x as f32);
-    let all = ctx.comm.all_gather_f32(&mine)?;
-    let mut t = [0f64; 6];
-    for chunk in all.chunks_exact(6) {
-        for (a, b) in t.iter_mut().zip(chunk) {
-            *a += *b as f64;
-        }
-    }
+    let t = sum_over_ranks(ctx, [r.slates, r.l_reward, r.max_l_reward, r.steps, r.coverage, r.ild])?;
     let mut out = BTreeMap::new();
     out.insert("avg_l_reward".into(), t[1] / t[0].max(1.0));
     out.insert("max_l_reward".into(), t[2] / t[3].max(1.0));
