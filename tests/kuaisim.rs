@@ -257,4 +257,10 @@ fn cross_session_agents_shorten_the_return_time_against_random_fusion_weights() 
         // Measured: CEM 2.04 / 0.53, TD3 1.72 / 0.58, RLUR 1.90 / 0.53, random 2.23 / 0.44.
         assert!(day < random_day - 0.1 && retention > random_retention + 0.05, "{algo}: return day {day:.3}, retention {retention:.3} vs random {random_day:.3}, {random_retention:.3}");
     }
+    // The random baseline as a job (what the sweeps' baseline rows are): the
+    // same policy as above, other draws.
+    let out = kiln_run(dir.path(), &job("random", "kuaisim.random", 1, ""), 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let day = final_eval(dir.path(), "random")["return_day"].as_f64().unwrap();
+    assert!((day - random_day).abs() < 0.25, "kuaisim.random: return day {day:.3} vs {random_day:.3} in-process");
 }

@@ -263,6 +263,12 @@ macro_rules! agent {
 
 pub const ENTRIES: &[AlgorithmEntry] = &[
     AlgorithmEntry {
+        name: "kuaisim.random",
+        summary: "The random baseline at any KuaiSim level (random slates or fusion weights in [-1, 1]); trains nothing, evaluates with the level's protocol",
+        validate: validate_random,
+        build: build_random,
+    },
+    AlgorithmEntry {
         name: "kuaisim.cf",
         summary: "Greedy CF scorer for request-level list recommendation against a KuaiSim simulator (user tower · item encoding, trained online, epsilon-greedy)",
         validate: validate_cf,
@@ -1167,4 +1173,90 @@ pub fn gather_request(ctx: &StepContext, r: &RequestReport) -> Result<BTreeMap<S
     out.insert("coverage".into(), t[4] / t[3].max(1.0));
     out.insert("ild".into(), t[5] / t[3].max(1.0));
     Ok(out)
+}
+
+/// The `[algorithm]` table of `kuaisim.random`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RandomJob {
+    pub simulator: PathBuf,
+    pub env: EnvConfig,
+    #[serde(default = "eval_users")]
+    pub eval_users: usize,
+}
+
+fn validate_random(v: &toml::Value) -> Result<(), ConfigError> {
+    let job: RandomJob = parse_config(v)?;
+    job.env.check().map_err(|m| ConfigError::new("env", m))?;
+    if job.eval_users == 0 {
+        return Err(ConfigError::new("eval_users", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn build_random(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
+    validate_random(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
+    let job: RandomJob = parse_config(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
+    let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo("kuaisim.random", format!("simulator: {e}")))?;
+    Ok(Box::new(RandomPolicy { sim: Arc::new(sim), seed: splitmix(ctx.seed ^ 0x4A4D), job, global_batch: ctx.global_batch, device: ctx.device }))
+}
+
+/// The random policy: each step draws, for every user, a slate of uniform item
+/// ids or fusion weights uniform in [−1, 1]. No parameters; `train_step` does
+/// nothing but count, so the job's evaluation is the baseline's row in a sweep
+/// beside the agents (same protocol, same seeds).
+pub struct RandomPolicy {
+    sim: Arc<Simulator>,
+    seed: u64,
+    job: RandomJob,
+    global_batch: usize,
+    device: Device,
+}
+
+impl RandomPolicy {
+    fn draw(&self, key: u64, n: usize) -> Vec<f64> {
+        (0..n as u64).map(|k| unit(splitmix(self.seed ^ splitmix(key.wrapping_mul(0x1_0000_0001) ^ k)))).collect()
+    }
+}
+
+impl Algorithm for RandomPolicy {
+    fn name(&self) -> &str {
+        "kuaisim.random"
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn train_step(&mut self, _ctx: &StepContext) -> Result<StepOutput, WorkerError> {
+        Ok(StepOutput { loss: 0.0, samples: 0, scalars: BTreeMap::new() })
+    }
+
+    fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
+        let err = |e: String| WorkerError::algo("kuaisim.random", e);
+        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.seed ^ 0xE7A1 ^ ctx.rank as u64)).map_err(err)?;
+        let (b, k, n) = (self.job.env.batch, self.job.env.slate, self.sim.item_count() as f64);
+        let t = std::cell::Cell::new(0u64);
+        let slate = |_: &Tensor| {
+            t.set(t.get() + 1);
+            let ids: Vec<i64> = self.draw(t.get(), b * k).into_iter().map(|u| 1 + (u * n) as i64).map(|x| x.min(n as i64)).collect();
+            Tensor::from_slice(&ids).view([b as i64, k as i64]).to_device(self.device)
+        };
+        match self.job.env.level {
+            Level::Request => gather_request(ctx, &play_request(&mut env, self.job.eval_users, slate).map_err(err)?),
+            Level::WholeSession => gather_report(ctx, &play(&mut env, self.job.eval_users, slate).map_err(err)?),
+            Level::CrossSession => {
+                let weights = |_: &Tensor| {
+                    t.set(t.get() + 1);
+                    let w: Vec<f32> = self.draw(t.get(), b * crate::NB).into_iter().map(|u| (2.0 * u - 1.0) as f32).collect();
+                    Tensor::from_slice(&w).view([b as i64, crate::NB as i64]).to_device(self.device)
+                };
+                gather_cross(ctx, &play_cross(&mut env, self.job.eval_users, weights).map_err(err)?)
+            }
+        }
+    }
+
+    fn global_batch(&self) -> usize {
+        self.global_batch
+    }
 }
