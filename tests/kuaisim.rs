@@ -134,19 +134,26 @@ initial_temper = 20
     path
 }
 
-#[test]
-fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffers() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("synth");
+/// Synthetic logs (60 users, 40 items, 10 days), a 2-rank response model of
+/// 600 steps, exported: the simulator the agent tests play against.
+fn trained_simulator(dir: &Path) -> PathBuf {
+    let data = dir.join("synth");
     let mut c = kiln();
     c.args(["kuaisim", "synth", "--out"]).arg(&data).args(["--users", "60", "--items", "40", "--days", "10"]);
     assert!(run(&mut c).status.success());
-    let out = kiln_run(dir.path(), &response_job(dir.path(), &data, "uirm", 600, 0, ""), 2, &[]);
+    let out = kiln_run(dir, &response_job(dir, &data, "uirm", 600, 0, ""), 2, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    let sim = dir.path().join("sim");
+    let sim = dir.join("sim");
     let mut c = kiln();
-    c.arg("export").arg(dir.path().join("uirm.toml")).arg("--out").arg(&sim);
+    c.arg("export").arg(dir.join("uirm.toml")).arg("--out").arg(&sim);
     assert!(run(&mut c).status.success());
+    sim
+}
+
+#[test]
+fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = trained_simulator(dir.path());
     // The random policy's whole sessions on the same simulator and settings.
     let simulator = std::sync::Arc::new(kiln_kuaisim::env::Simulator::load(&sim, tch::Device::Cpu).unwrap());
     let cfg = kiln_kuaisim::env::EnvConfig { batch: 8, initial_temper: Some(20.0), ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::WholeSession) };
@@ -215,16 +222,7 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
 #[test]
 fn cross_session_agents_shorten_the_return_time_against_random_fusion_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("synth");
-    let mut c = kiln();
-    c.args(["kuaisim", "synth", "--out"]).arg(&data).args(["--users", "60", "--items", "40", "--days", "10"]);
-    assert!(run(&mut c).status.success());
-    let out = kiln_run(dir.path(), &response_job(dir.path(), &data, "uirm", 600, 0, ""), 2, &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    let sim = dir.path().join("sim");
-    let mut c = kiln();
-    c.arg("export").arg(dir.path().join("uirm.toml")).arg("--out").arg(&sim);
-    assert!(run(&mut c).status.success());
+    let sim = trained_simulator(dir.path());
     // Random fusion weights in [-1, 1] at every request, on the same simulator.
     let simulator = std::sync::Arc::new(kiln_kuaisim::env::Simulator::load(&sim, tch::Device::Cpu).unwrap());
     let cfg = kiln_kuaisim::env::EnvConfig { batch: 8, ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::CrossSession) };
