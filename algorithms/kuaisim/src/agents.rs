@@ -289,7 +289,7 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
 
 fn build(name: &'static str, variant: Variant, v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     let job = AgentJob::from_value(v).map_err(|m| WorkerError::algo(name, m))?;
-    let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo(name, format!("simulator: {e}")))?;
+    let sim = Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo(name, format!("simulator: {e}")))?;
     Ok(Box::new(ActorCritic::new(name, variant, job, sim, ctx)?))
 }
 
@@ -864,7 +864,7 @@ fn validate_cem(v: &toml::Value) -> Result<(), ConfigError> {
 
 fn build_cem(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     let job = CemJob::from_value(v).map_err(|m| WorkerError::algo("kuaisim.cem", m))?;
-    let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cem", format!("simulator: {e}")))?;
+    let sim = Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cem", format!("simulator: {e}")))?;
     let nb = crate::NB;
     Ok(Box::new(Cem { mean: vec![0.0; nb], std: vec![job.init_std; nb], seed: splitmix(ctx.seed ^ 0xCE11), sim: Arc::new(sim), job, device: ctx.device }))
 }
@@ -1019,7 +1019,7 @@ fn validate_cf(v: &toml::Value) -> Result<(), ConfigError> {
 
 fn build_cf(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     let job = CfJob::from_value(v).map_err(|m| WorkerError::algo("kuaisim.cf", m))?;
-    let sim = Arc::new(Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cf", format!("simulator: {e}")))?);
+    let sim = Arc::new(Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cf", format!("simulator: {e}")))?);
     let seed = splitmix(ctx.seed ^ splitmix(0xCF + ctx.rank as u64));
     let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
     tch::manual_seed(ctx.seed as i64);
@@ -1197,7 +1197,7 @@ fn validate_random(v: &toml::Value) -> Result<(), ConfigError> {
 fn build_random(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
     validate_random(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
     let job: RandomJob = parse_config(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
-    let sim = Simulator::load(&job.simulator, ctx.device).map_err(|e| WorkerError::algo("kuaisim.random", format!("simulator: {e}")))?;
+    let sim = Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo("kuaisim.random", format!("simulator: {e}")))?;
     Ok(Box::new(RandomPolicy { sim: Arc::new(sim), seed: splitmix(ctx.seed ^ 0x4A4D), job, global_batch: ctx.global_batch, device: ctx.device }))
 }
 

@@ -12,8 +12,10 @@
 //! - **Cross session** ([`Level::CrossSession`]): the action is 7
 //!   ranking-fusion weights per user; the environment scores every item by
 //!   Σ_b w_b·P(b), shows the top `slate`, and each session lasts
-//!   `initial_temper` steps; at a session's end the parametric retention model
-//!   draws the return day; a user-episode is `sessions` sessions.
+//!   `initial_temper` steps; at a session's end the retention model draws the
+//!   return day — the parametric one, or the learned one
+//!   ([`crate::retention`]) over the user's past sessions (those in the log,
+//!   then the episode's); a user-episode is `sessions` sessions.
 //!
 //! Responses are Bernoulli draws from the response model's probabilities
 //! minus the item-correlation penalty ρ·(an item's mean cosine similarity to
@@ -22,6 +24,7 @@
 
 use crate::log::Logs;
 use crate::response::ResponseModel;
+use crate::retention::{session_states, summary, RetentionModel, Sessions, SUMMARY};
 use crate::NB;
 use kiln_worker::rng::{splitmix, unit};
 use std::collections::BTreeMap;
@@ -36,12 +39,26 @@ pub enum Level {
     CrossSession,
 }
 
-/// The parametric return-day model: p = clamp(personal + feedback ·
+/// Which return-day model the cross-session environment draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetentionModelKind {
+    #[default]
+    Parametric,
+    /// A trained `kuaisim.retention` model exported to `retention.path`.
+    Learned,
+}
+
+/// The return-day model. Parametric: p = clamp(personal + feedback ·
 /// session reward + next_day_bias, 0.001, 0.999), the return day a draw from
-/// the geometric distribution truncated to 1..=max_return_day.
+/// the geometric distribution truncated to 1..=max_return_day. Learned: a
+/// draw from the trained model's distribution after the user's sessions.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
+    pub model: RetentionModelKind,
+    /// Learned: the directory a `kuaisim.retention` job was exported to.
+    pub path: Option<std::path::PathBuf>,
     pub max_return_day: usize,
     pub next_day_bias: f64,
     pub feedback_influence: f64,
@@ -53,7 +70,7 @@ pub struct Retention {
 impl Default for Retention {
     /// The reference's benchmark values.
     fn default() -> Self {
-        Retention { max_return_day: 10, next_day_bias: 0.4, feedback_influence: 0.1, personal_scale: 0.1 }
+        Retention { model: RetentionModelKind::Parametric, path: None, max_return_day: 10, next_day_bias: 0.4, feedback_influence: 0.1, personal_scale: 0.1 }
     }
 }
 
@@ -125,6 +142,9 @@ impl EnvConfig {
         if r.max_return_day == 0 || !(r.next_day_bias.is_finite() && r.feedback_influence.is_finite() && r.personal_scale.is_finite()) {
             return Err("retention: max_return_day must be at least 1 and the biases finite".into());
         }
+        if r.model == RetentionModelKind::Learned && r.path.is_none() {
+            return Err("retention: model = \"learned\" needs path = the directory a kuaisim.retention job was exported to".into());
+        }
         Ok(())
     }
 }
@@ -177,6 +197,9 @@ pub struct Simulator {
     pub model: ResponseModel,
     /// The variables behind `model` when it was loaded here.
     _vars: Option<tch::nn::VarStore>,
+    /// The learned return-day model, when one was attached (and its variables).
+    pub retention: Option<RetentionModel>,
+    _retention_vars: Option<tch::nn::VarStore>,
     /// `[items + 1, enc]` every item's encoding (row 0: padding).
     pub items: Tensor,
     pub history: usize,
@@ -187,7 +210,7 @@ impl Simulator {
     pub fn new(logs: Logs, model: ResponseModel, history: usize, device: Device) -> Simulator {
         let n = logs.items.len() as i64 + 1;
         let items = tch::no_grad(|| model.encode_items(&Tensor::arange(n, (Kind::Int64, device))));
-        Simulator { logs, model, _vars: None, items, history, device }
+        Simulator { logs, model, _vars: None, retention: None, _retention_vars: None, items, history, device }
     }
 
     /// The simulator exported to `dir` by `kiln export` of a
@@ -210,6 +233,22 @@ impl Simulator {
         let mut sim = Simulator::new(logs, model, meta.model.history, device);
         sim._vars = Some(vs);
         Ok(sim)
+    }
+
+    /// [`Simulator::load`], plus the learned retention model when `env` asks for it.
+    pub fn load_for(dir: &std::path::Path, env: &EnvConfig, device: Device) -> Result<Simulator, String> {
+        let mut sim = Simulator::load(dir, device)?;
+        if let (RetentionModelKind::Learned, Some(path)) = (env.retention.model, &env.retention.path) {
+            let (model, vs) = RetentionModel::load(path, 3 * sim.model.enc_dim(), device).map_err(|e| format!("retention: {e}"))?;
+            sim.attach_retention(model, Some(vs));
+        }
+        Ok(sim)
+    }
+
+    /// Makes `model` the learned return-day model (`vars`: its variables, kept alive).
+    pub fn attach_retention(&mut self, model: RetentionModel, vars: Option<tch::nn::VarStore>) {
+        self.retention = Some(model);
+        self._retention_vars = vars;
     }
 
     pub fn item_count(&self) -> usize {
@@ -237,6 +276,19 @@ pub struct Env {
     session_reward: Vec<f64>,
     weights: Tensor,
     personal: Tensor,
+    /// Learned retention: each slot's last `context` sessions (left-padded):
+    /// end-of-session encodings, the gap before each, real flags; and the
+    /// gap before the slot's next session (0: unknown).
+    past_enc: Vec<f32>,
+    past_gap: Vec<i64>,
+    past_real: Vec<bool>,
+    next_gap: Vec<i64>,
+    /// Learned retention: the current session's summed responses and impressions per slot.
+    session_resp: Vec<[f64; NB]>,
+    session_items: Vec<usize>,
+    /// Users' logged sessions as the learned model's context (a pure
+    /// function of the user, cached).
+    log_context: std::collections::HashMap<i64, (Vec<f32>, Vec<i64>)>,
 }
 
 impl Env {
@@ -259,7 +311,25 @@ impl Env {
         let h = sim.history;
         let weights = Tensor::from_slice(&weights.map(|x| x as f32)).to_device(sim.device);
         let personal = Tensor::from_slice(&personal).to_device(sim.device);
+        let learned = cfg.level == Level::CrossSession && cfg.retention.model == RetentionModelKind::Learned;
+        let (context, state_dim) = match (&sim.retention, learned) {
+            (Some(m), true) => {
+                if m.config().max_return_day != cfg.retention.max_return_day {
+                    return Err(format!("retention: max_return_day is {} but the learned model predicts 1..={} days; set max_return_day = {}", cfg.retention.max_return_day, m.config().max_return_day, m.config().max_return_day));
+                }
+                (m.config().context, dim as usize + SUMMARY)
+            }
+            (None, true) => return Err("retention: model = \"learned\" but the simulator has no retention model attached (load it with Simulator::load_for)".into()),
+            _ => (0, 0),
+        };
         let mut env = Env {
+            past_enc: vec![0.0; b * context * state_dim],
+            past_gap: vec![0; b * context],
+            past_real: vec![false; b * context],
+            next_gap: vec![0; if learned { b } else { 0 }],
+            session_resp: vec![[0.0; NB]; if learned { b } else { 0 }],
+            session_items: vec![0; if learned { b } else { 0 }],
+            log_context: Default::default(),
             seed,
             t: 0,
             drawn: 0,
@@ -292,7 +362,7 @@ impl Env {
         let i = |v: &[i64]| Tensor::from_slice(v);
         let f = |v: &[f64]| Tensor::from_slice(v);
         let sizes: Vec<i64> = self.in_session.iter().chain(&self.sessions).map(|&x| x as i64).collect();
-        vec![
+        let mut named = vec![
             ("env.counters".into(), i(&[self.t as i64, self.drawn as i64])),
             ("env.user".into(), i(&self.user)),
             ("env.history".into(), i(&self.history)),
@@ -301,7 +371,16 @@ impl Env {
             ("env.temper".into(), f(&self.temper)),
             ("env.sessions".into(), i(&sizes)),
             ("env.session_reward".into(), f(&self.session_reward)),
-        ]
+        ];
+        if !self.next_gap.is_empty() {
+            named.push(("env.past_enc".into(), Tensor::from_slice(&self.past_enc)));
+            named.push(("env.past_gap".into(), i(&self.past_gap)));
+            named.push(("env.past_real".into(), Tensor::from_slice(&self.past_real.iter().map(|&r| r as u8).collect::<Vec<_>>())));
+            named.push(("env.next_gap".into(), i(&self.next_gap)));
+            named.push(("env.session_resp".into(), f(&self.session_resp.concat())));
+            named.push(("env.session_items".into(), i(&self.session_items.iter().map(|&x| x as i64).collect::<Vec<_>>())));
+        }
+        named
     }
 
     /// Takes back what [`Env::to_named`] wrote (for the same batch and history).
@@ -325,6 +404,18 @@ impl Env {
         self.in_session = sizes[..b].iter().map(|&x| x as usize).collect();
         self.sessions = sizes[b..].iter().map(|&x| x as usize).collect();
         self.session_reward = floats("env.session_reward")?;
+        if !self.next_gap.is_empty() {
+            let enc = Vec::<f32>::try_from(get("env.past_enc")?).map_err(|e| e.to_string())?;
+            if enc.len() != self.past_enc.len() {
+                return Err("the checkpoint's environment holds another retention context (context or simulator changed)".into());
+            }
+            self.past_enc = enc;
+            self.past_gap = ints("env.past_gap")?;
+            self.past_real = Vec::<u8>::try_from(get("env.past_real")?).map_err(|e| e.to_string())?.into_iter().map(|x| x != 0).collect();
+            self.next_gap = ints("env.next_gap")?;
+            self.session_resp = floats("env.session_resp")?.chunks_exact(NB).map(|c| std::array::from_fn(|k| c[k])).collect();
+            self.session_items = ints("env.session_items")?.into_iter().map(|x| x as usize).collect();
+        }
         Ok(())
     }
 
@@ -353,10 +444,83 @@ impl Env {
             self.response[(slot * h + j) * NB..][..NB].copy_from_slice(&resp);
             self.real[slot * h + j] = real;
         }
+        if !self.next_gap.is_empty() {
+            self.start_context(slot);
+        }
         self.temper[slot] = self.cfg.temper();
         self.in_session[slot] = 0;
         self.sessions[slot] = 0;
         self.session_reward[slot] = 0.0;
+    }
+
+    /// Learned retention: the slot's context becomes its user's logged
+    /// sessions (training records only, as the history), the next gap unknown.
+    fn start_context(&mut self, slot: usize) {
+        let Some(model) = &self.sim.retention else { return };
+        let l = model.config().context;
+        let u = self.user[slot];
+        if !self.log_context.contains_key(&u) {
+            let logs = &self.sim.logs;
+            let s = Sessions::of_users(logs, [u as usize], model.config().max_return_day, |r| logs.split[r] == 0);
+            let ks: Vec<usize> = (s.len().saturating_sub(l)..s.len()).collect();
+            let enc = session_states(&self.sim.model, logs, &s, &ks, self.sim.history, Device::Cpu).reshape([-1]);
+            let enc = Vec::<f32>::try_from(enc.to_device(Device::Cpu)).unwrap_or_default();
+            self.log_context.insert(u, (enc, ks.iter().map(|&k| s.gap_before[k]).collect()));
+        }
+        let (enc, gaps) = &self.log_context[&u];
+        let d = self.past_enc.len() / (self.cfg.batch * l);
+        let off = l - gaps.len();
+        self.past_enc[slot * l * d..(slot + 1) * l * d].fill(0.0);
+        self.past_enc[(slot * l + off) * d..(slot + 1) * l * d].copy_from_slice(enc);
+        for j in 0..l {
+            self.past_gap[slot * l + j] = if j >= off { gaps[j - off] } else { 0 };
+            self.past_real[slot * l + j] = j >= off;
+        }
+        self.next_gap[slot] = 0;
+        self.session_resp[slot] = [0.0; NB];
+        self.session_items[slot] = 0;
+    }
+
+    /// Learned retention: appends the ended sessions (`slots`, their
+    /// encodings the rows of `state`) to their contexts and draws each
+    /// return day from the model.
+    fn learned_return_days(&mut self, slots: &[usize], state: &Tensor) -> Result<Vec<usize>, String> {
+        let Some(model) = &self.sim.retention else { return Err("no retention model attached".into()) };
+        let l = model.config().context;
+        let d = self.past_enc.len() / (self.cfg.batch * l);
+        let rows = Vec::<f32>::try_from(state.to_device(Device::Cpu).contiguous().reshape([-1])).map_err(|e| e.to_string())?;
+        let s = d - SUMMARY;
+        for &slot in slots {
+            let (e, g) = (slot * l * d, slot * l);
+            self.past_enc.copy_within(e + d..e + l * d, e);
+            self.past_enc[e + (l - 1) * d..e + (l - 1) * d + s].copy_from_slice(&rows[slot * s..(slot + 1) * s]);
+            self.past_enc[e + (l - 1) * d + s..e + l * d].copy_from_slice(&summary(&self.session_resp[slot], self.session_items[slot]));
+            self.session_resp[slot] = [0.0; NB];
+            self.session_items[slot] = 0;
+            self.past_gap.copy_within(g + 1..g + l, g);
+            self.past_gap[g + l - 1] = self.next_gap[slot];
+            self.past_real.copy_within(g + 1..g + l, g);
+            self.past_real[g + l - 1] = true;
+        }
+        let n = slots.len() as i64;
+        let pick = |v: &[f32], w: usize| -> Vec<f32> { slots.iter().flat_map(|&s| v[s * w..(s + 1) * w].iter().copied()).collect() };
+        let dev = self.sim.device;
+        let enc = Tensor::from_slice(&pick(&self.past_enc, l * d)).view([n, l as i64, d as i64]).to_device(dev);
+        let gap: Vec<i64> = slots.iter().flat_map(|&s| self.past_gap[s * l..(s + 1) * l].iter().copied()).collect();
+        let real: Vec<bool> = slots.iter().flat_map(|&s| self.past_real[s * l..(s + 1) * l].iter().copied()).collect();
+        let gap = Tensor::from_slice(&gap).view([n, l as i64]).to_device(dev);
+        let real = Tensor::from_slice(&real).view([n, l as i64]).to_device(dev);
+        let p = tch::no_grad(|| model.logits(&enc, &gap, &real, false).softmax(-1, Kind::Float));
+        let p = Vec::<f32>::try_from(p.to_device(Device::Cpu).reshape([-1])).map_err(|e| e.to_string())?;
+        let days = model.config().max_return_day;
+        let mut out = Vec::with_capacity(slots.len());
+        for (i, &slot) in slots.iter().enumerate() {
+            let w: Vec<f64> = p[i * days..(i + 1) * days].iter().map(|&x| x as f64).collect();
+            let day = self.draw_day(&w, slot);
+            self.next_gap[slot] = day as i64;
+            out.push(day);
+        }
+        Ok(out)
     }
 
     pub fn observation(&self) -> Observation {
@@ -468,6 +632,16 @@ impl Env {
             }
             Level::CrossSession => {
                 let personal = Vec::<f32>::try_from(user_state.matmul(&self.personal).to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+                let ending: Vec<usize> = (0..self.cfg.batch).filter(|&s| (self.in_session[s] + 1) as f64 >= self.cfg.temper()).collect();
+                for slot in 0..self.session_items.len() {
+                    for j in 0..ku {
+                        for (a, &x) in self.session_resp[slot].iter_mut().zip(&flat_resp[(slot * ku + j) * NB..][..NB]) {
+                            *a += x as f64;
+                        }
+                    }
+                    self.session_items[slot] += ku;
+                }
+                let learned = if self.next_gap.is_empty() || ending.is_empty() { Vec::new() } else { self.learned_return_days(&ending, &user_state)? };
                 for slot in 0..self.cfg.batch {
                     self.in_session[slot] += 1;
                     self.session_reward[slot] += rewards[slot] as f64;
@@ -475,9 +649,16 @@ impl Env {
                         continue;
                     }
                     let r = &self.cfg.retention;
-                    let mean_reward = self.session_reward[slot] / self.in_session[slot] as f64;
-                    let p = (personal[slot] as f64 + r.feedback_influence * mean_reward + r.next_day_bias).clamp(0.001, 0.999);
-                    return_day[slot] = self.return_day(p, slot);
+                    return_day[slot] = match ending.iter().position(|&s| s == slot).and_then(|i| learned.get(i)) {
+                        Some(&day) => day,
+                        None => {
+                            let mean_reward = self.session_reward[slot] / self.in_session[slot] as f64;
+                            let p = (personal[slot] as f64 + r.feedback_influence * mean_reward + r.next_day_bias).clamp(0.001, 0.999);
+                            let max = r.max_return_day;
+                            let weights: Vec<f64> = (0..max).map(|d| p * (1.0 - p).powi(d as i32)).collect();
+                            self.draw_day(&weights, slot)
+                        }
+                    };
                     self.sessions[slot] += 1;
                     self.in_session[slot] = 0;
                     self.session_reward[slot] = 0.0;
@@ -499,10 +680,10 @@ impl Env {
         Ok(Step { slate, responses, reward, user_state, done, coverage: shown.len(), ild, return_day })
     }
 
-    /// A draw from P(day = d) ∝ p·(1 − p)^(d − 1), d in 1..=max_return_day.
-    fn return_day(&self, p: f64, slot: usize) -> usize {
-        let max = self.cfg.retention.max_return_day;
-        let weights: Vec<f64> = (0..max).map(|d| p * (1.0 - p).powi(d as i32)).collect();
+    /// A return day d in 1..=weights.len() drawn with P(d) ∝ weights[d − 1]
+    /// (parametric: p·(1 − p)^(d − 1)), keyed by (seed, step, slot).
+    fn draw_day(&self, weights: &[f64], slot: usize) -> usize {
+        let max = weights.len();
         let total: f64 = weights.iter().sum();
         let mut x = unit(splitmix(self.seed ^ splitmix(0xDA7 ^ self.t.wrapping_mul(7919) ^ splitmix(slot as u64)))) * total;
         for (d, w) in weights.iter().enumerate() {
@@ -629,5 +810,77 @@ mod tests {
         assert!(e.contains("item id 999 outside the candidate pool 1..="), "{e}");
         let e = env.step(&Action::Fusion(Tensor::ones([16, 7], (Kind::Float, Device::Cpu)))).err().unwrap();
         assert!(e.contains("takes a slate"), "{e}");
+    }
+
+    #[test]
+    fn learned_retention_draws_from_the_model_over_the_users_sessions_and_resumes() {
+        use crate::retention::RetentionConfig;
+        // A simulator with a learned model; `favour` makes it return on day 3 almost surely.
+        let with_model = |favour: bool| {
+            let (sim, vs) = simulator();
+            let mut sim = Arc::try_unwrap(sim).ok().unwrap();
+            let rvs = nn::VarStore::new(Device::Cpu);
+            let model = RetentionModel::new(&rvs.root(), 48, &RetentionConfig { context: 4, max_return_day: 5, dropout: 0.0, ..Default::default() });
+            if favour {
+                let mut vars = rvs.variables();
+                tch::no_grad(|| {
+                    let _ = vars.get_mut("head.out.weight").map(|t| t.zero_());
+                    let _ = vars.get_mut("head.out.bias").map(|t| t.copy_(&Tensor::from_slice(&[0f32, 0.0, 12.0, 0.0, 0.0])));
+                });
+            }
+            sim.attach_retention(model, Some(rvs));
+            (Arc::new(sim), vs)
+        };
+        let retention = Retention { model: RetentionModelKind::Learned, path: Some("exported".into()), max_return_day: 5, ..Retention::default() };
+        let cfg = EnvConfig { batch: 3, initial_temper: Some(2.0), sessions: 4, retention, ..EnvConfig::new(Level::CrossSession) };
+        let w = Action::Fusion(Tensor::ones([3, 7], (Kind::Float, Device::Cpu)));
+
+        let (sim, _vs) = with_model(true);
+        let mut env = Env::new(sim.clone(), cfg.clone(), 1).unwrap();
+        // The context starts with the user's logged sessions, the next gap unknown.
+        for slot in 0..3 {
+            let real = env.past_real[slot * 4..(slot + 1) * 4].iter().filter(|&&r| r).count();
+            assert!(real >= 1, "slot {slot}: the log gave no sessions");
+            assert_eq!(env.next_gap[slot], 0);
+        }
+        for t in 1..=8 {
+            let s = env.step(&w).unwrap();
+            if t % 2 == 0 {
+                assert!(s.return_day.iter().all(|&d| d == 3), "step {t}: {:?}", s.return_day);
+                // The ended session is the context's last, after the gap drawn before it.
+                for slot in 0..3 {
+                    assert!(env.past_real[slot * 4 + 3]);
+                    assert_eq!(env.past_gap[slot * 4 + 3], if t == 2 { 0 } else { 3 });
+                    assert_eq!(env.next_gap[slot], 3);
+                }
+            } else {
+                assert!(s.return_day.iter().all(|&d| d == 0));
+            }
+        }
+
+        // Replays under a seed and resumes from its checkpoint mid-episode.
+        let (sim, _vs2) = with_model(false);
+        let days = |env: &mut Env, steps: usize| -> Vec<usize> { (0..steps).flat_map(|_| env.step(&w).unwrap().return_day).collect() };
+        let mut whole = Env::new(sim.clone(), cfg.clone(), 7).unwrap();
+        let all = days(&mut whole, 8);
+        assert!(all.iter().filter(|&&d| d > 0).all(|d| (1..=5).contains(d)));
+        let mut first = Env::new(sim.clone(), cfg.clone(), 7).unwrap();
+        let mut head = days(&mut first, 3);
+        let saved: BTreeMap<String, Tensor> = first.to_named().into_iter().collect();
+        assert!(saved.contains_key("env.past_enc") && saved.contains_key("env.next_gap"));
+        let mut resumed = Env::new(sim.clone(), cfg.clone(), 7).unwrap();
+        resumed.step(&w).unwrap(); // moved on, then restored
+        resumed.load(&saved).unwrap();
+        head.extend(days(&mut resumed, 5));
+        assert_eq!(head, all);
+
+        // A model for other days, or none, is refused with the fix.
+        let e = Env::new(sim.clone(), EnvConfig { retention: Retention { max_return_day: 10, ..cfg.retention.clone() }, ..cfg.clone() }, 1).err().unwrap();
+        assert!(e.contains("set max_return_day = 5"), "{e}");
+        let (plain, _vs3) = simulator();
+        let e = Env::new(plain, cfg.clone(), 1).err().unwrap();
+        assert!(e.contains("no retention model attached"), "{e}");
+        let e = EnvConfig { retention: Retention { path: None, ..cfg.retention.clone() }, ..cfg }.check().err().unwrap();
+        assert!(e.contains("needs path"), "{e}");
     }
 }

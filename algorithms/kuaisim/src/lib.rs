@@ -4,7 +4,8 @@
 //! histories, features), a generator of synthetic logs from a known user
 //! model ([`synth`]), the immediate multi-behaviour user response model
 //! ([`response`], built from the small Transformer pieces in [`layers`]), the
-//! batched environments of the three levels ([`env`]) and
+//! learned return-day model ([`retention`]), the batched environments of the
+//! three levels ([`env`]), the agents trained against them ([`agents`]) and
 //! the trainer that implements `kiln_worker::Algorithm` for it ([`trainer`]).
 //! Its [`ENTRIES`] are what the `kiln` registry lists.
 //!
@@ -16,6 +17,7 @@ pub mod env;
 pub mod layers;
 pub mod log;
 pub mod response;
+pub mod retention;
 pub mod synth;
 pub mod trainer;
 

@@ -121,6 +121,9 @@ pub struct Logs {
     pub item: Vec<u32>,
     pub time: Vec<i64>,
     pub session: Vec<u32>,
+    /// The record's `date` as a day number (days since 1970-01-01), so return
+    /// gaps between sessions are day differences across month ends.
+    pub day: Vec<i32>,
     pub response: Vec<[u8; NB]>,
     pub split: Vec<u8>,
     /// Records of user u (re-indexed) are `starts[u - 1]..starts[u]`.
@@ -177,6 +180,29 @@ fn need(cols: &Columns, names: &[&str]) -> Result<(), LogError> {
     }
 }
 
+/// Days since 1970-01-01 of a `YYYYMMDD` or `YYYY-MM-DD` date (KuaiRand
+/// writes the former), or `None` when it is not a valid date.
+pub fn day_number(text: &str) -> Option<i32> {
+    let digits: String = text.trim().chars().filter(|c| *c != '-').collect();
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) || (text.contains('-') && text.trim().len() != 10) {
+        return None;
+    }
+    let (y, m, d) = (digits[..4].parse::<i32>().ok()?, digits[4..6].parse::<i32>().ok()?, digits[6..].parse::<i32>().ok()?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&m) || d < 1 || d > len[(m - 1) as usize] {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), counted from March so the leap day is last.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
 /// Numbers sort numerically, other ids as text.
 fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<i64>(), b.parse::<i64>()) {
@@ -211,7 +237,18 @@ pub fn load(spec: &LogSpec) -> Result<Logs, LogError> {
     }
     let (ucodes, uvalues) = cols.codes("user_id").ok_or_else(|| LogError::Data("user_id was not read".into()))?;
     let (icodes, ivalues) = cols.codes("video_id").ok_or_else(|| LogError::Data("video_id was not read".into()))?;
-    let (dcodes, _) = cols.codes("date").ok_or_else(|| LogError::Data("date was not read".into()))?;
+    let (dcodes, dvalues) = cols.codes("date").ok_or_else(|| LogError::Data("date was not read".into()))?;
+    // Each distinct date parsed once.
+    let mut day_of = Vec::with_capacity(dvalues.len());
+    for v in dvalues.iter() {
+        day_of.push(day_number(v));
+    }
+    for r in 0..n {
+        if day_of[dcodes[r] as usize].is_none() {
+            let (path, line) = cols.place(r);
+            return Err(LogError::Line { path, line, message: format!("date holds '{}', not a date (YYYYMMDD or YYYY-MM-DD)", text("date", r)) });
+        }
+    }
 
     // Iterative k-core on users and items.
     let mut keep = vec![true; n];
@@ -281,6 +318,7 @@ pub fn load(spec: &LogSpec) -> Result<Logs, LogError> {
         item: Vec::with_capacity(total),
         time: Vec::with_capacity(total),
         session: Vec::with_capacity(total),
+        day: Vec::with_capacity(total),
         response: Vec::with_capacity(total),
         split: Vec::with_capacity(total),
         starts: vec![0],
@@ -299,6 +337,7 @@ pub fn load(spec: &LogSpec) -> Result<Logs, LogError> {
             logs.item.push(item_index[&icodes[r]]);
             logs.time.push(time[r]);
             logs.session.push(session);
+            logs.day.push(day_of[dcodes[r] as usize].unwrap_or(0));
             logs.response.push(response[r]);
             logs.split.push(s);
         }
@@ -387,6 +426,19 @@ mod tests {
     }
 
     #[test]
+    fn dates_become_day_numbers_across_month_and_year_ends() {
+        assert_eq!(day_number("19700101"), Some(0));
+        assert_eq!(day_number("2022-04-08"), day_number("20220408"));
+        assert_eq!(day_number("20220501").zip(day_number("20220430")).map(|(a, b)| a - b), Some(1));
+        assert_eq!(day_number("20240301").zip(day_number("20240228")).map(|(a, b)| a - b), Some(2));
+        assert_eq!(day_number("20230101").zip(day_number("20221231")).map(|(a, b)| a - b), Some(1));
+        assert_eq!(day_number("20220408"), Some(19090));
+        for bad in ["20221301", "20220230", "2022048", "yesterday", "2022-0408", ""] {
+            assert_eq!(day_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn synthetic_logs_are_filtered_split_and_sessioned() {
         let d = tempfile::tempdir().unwrap();
         let (log, _) = synth::write(d.path(), synth::Shape { users: 60, items: 40, days: 12, ..Default::default() }).unwrap();
@@ -404,6 +456,8 @@ mod tests {
             // The last 5 are test, the 5 before validation, in time order.
             assert_eq!(&splits[splits.len() - 10..], &[1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
             assert!(rs.clone().zip(rs.clone().skip(1)).all(|(a, b)| logs.time[a] <= logs.time[b] && logs.session[a] <= logs.session[b]));
+            // A new session exactly when the day moves on.
+            assert!(rs.clone().zip(rs.clone().skip(1)).all(|(a, b)| (logs.day[b] > logs.day[a]) == (logs.session[b] == logs.session[a] + 1) && logs.day[b] >= logs.day[a]));
             // History: the user's previous records only.
             let last = rs.end - 1;
             assert_eq!(logs.history(last, 3), last - 3..last);
@@ -424,8 +478,15 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap().replace("is_hate", "hate");
         let broken = d.path().join("broken.csv");
         std::fs::write(&broken, text).unwrap();
-        let e = load(&spec(d.path(), broken)).unwrap_err().to_string();
+        let e = load(&spec(d.path(), broken.clone())).unwrap_err().to_string();
         assert!(e.contains("broken.csv lacks the column is_hate; its columns are: user_id, video_id"), "{e}");
+        // A date that is not one, with its line.
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        lines[3] = lines[3].replacen(",2022", ",2022-13-", 1);
+        std::fs::write(&broken, lines.join("\n") + "\n").unwrap();
+        let e = load(&spec(d.path(), broken)).unwrap_err().to_string();
+        assert!(e.contains("broken.csv:4: date holds '2022-13-04") && e.contains("not a date (YYYYMMDD or YYYY-MM-DD)"), "{e}");
         // Videos absent from the feature file: an error with the count, or unknown features.
         let vf = d.path().join("video_features_basic_pure.csv");
         let text = std::fs::read_to_string(&vf).unwrap();

@@ -144,32 +144,47 @@ pub struct Batch {
 impl Batch {
     /// Records `rs` of `logs`, each with its `h` previous records as history.
     pub fn from_records(logs: &Logs, rs: &[usize], h: usize, device: Device) -> Batch {
-        let b = rs.len();
-        let mut history = vec![0i64; b * h];
-        let mut resp = vec![0f32; b * h * NB];
-        let mut real = vec![false; b * h];
-        for (k, &r) in rs.iter().enumerate() {
-            let range = logs.history(r, h);
-            let offset = h - range.len();
-            for (j, q) in range.enumerate() {
-                history[k * h + offset + j] = logs.item[q] as i64;
-                real[k * h + offset + j] = true;
-                for (x, &y) in resp[(k * h + offset + j) * NB..][..NB].iter_mut().zip(&logs.response[q]) {
-                    *x = y as f32;
-                }
-            }
-        }
-        let (b, h) = (b as i64, h as i64);
+        let ranges: Vec<_> = rs.iter().map(|&r| logs.history(r, h)).collect();
+        let users: Vec<i64> = rs.iter().map(|&r| logs.user[r] as i64).collect();
+        let (user, history, history_response, real) = histories(logs, &users, &ranges, h, device);
         let labels: Vec<f32> = rs.iter().flat_map(|&r| logs.response[r].map(|x| x as f32)).collect();
         Batch {
-            user: Tensor::from_slice(&rs.iter().map(|&r| logs.user[r] as i64).collect::<Vec<_>>()).to_device(device),
-            history: Tensor::from_slice(&history).view([b, h]).to_device(device),
-            history_response: Tensor::from_slice(&resp).view([b, h, NB as i64]).to_device(device),
-            real: Tensor::from_slice(&real).view([b, h]).to_device(device),
+            user,
+            history,
+            history_response,
+            real,
             target: Tensor::from_slice(&rs.iter().map(|&r| logs.item[r] as i64).collect::<Vec<_>>()).to_device(device),
-            labels: Tensor::from_slice(&labels).view([b, NB as i64]).to_device(device),
+            labels: Tensor::from_slice(&labels).view([rs.len() as i64, NB as i64]).to_device(device),
         }
     }
+}
+
+/// The model's inputs for users `users` with the records `ranges` (oldest
+/// first, at most `h`) as histories: `[B]` users, `[B, h]` items left-padded
+/// with 0, `[B, h, 7]` responses, `[B, h]` real.
+pub fn histories(logs: &Logs, users: &[i64], ranges: &[std::ops::Range<usize>], h: usize, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+    let b = ranges.len();
+    let mut history = vec![0i64; b * h];
+    let mut resp = vec![0f32; b * h * NB];
+    let mut real = vec![false; b * h];
+    for (k, range) in ranges.iter().enumerate() {
+        let range = range.start.max(range.end.saturating_sub(h))..range.end;
+        let offset = h - range.len();
+        for (j, q) in range.enumerate() {
+            history[k * h + offset + j] = logs.item[q] as i64;
+            real[k * h + offset + j] = true;
+            for (x, &y) in resp[(k * h + offset + j) * NB..][..NB].iter_mut().zip(&logs.response[q]) {
+                *x = y as f32;
+            }
+        }
+    }
+    let (b, h) = (b as i64, h as i64);
+    (
+        Tensor::from_slice(users).to_device(device),
+        Tensor::from_slice(&history).view([b, h]).to_device(device),
+        Tensor::from_slice(&resp).view([b, h, NB as i64]).to_device(device),
+        Tensor::from_slice(&real).view([b, h]).to_device(device),
+    )
 }
 
 pub struct ResponseModel {

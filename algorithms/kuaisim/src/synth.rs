@@ -113,22 +113,30 @@ pub struct Shape {
     /// Most impressions per session (a session ends earlier when the user is bored).
     pub session_max: u64,
     pub seed: u64,
+    /// The chance of returning the next day is `return_base +
+    /// return_effect × the session's click rate` (at most 0.95); each later
+    /// day the same chance again.
+    pub return_base: f64,
+    pub return_effect: f64,
 }
 
 impl Default for Shape {
     fn default() -> Self {
-        Shape { users: 300, items: 200, days: 20, session_max: 20, seed: 1 }
+        Shape { users: 300, items: 200, days: 20, session_max: 20, seed: 1, return_base: 0.35, return_effect: 0.5 }
     }
 }
 
-/// `YYYYMMDD` of day `d` counted from 2022-04-08 (April 8 .. May and on).
+/// `YYYYMMDD` of day `d` counted from 2022-04-08 (KuaiRand's first day).
 fn date(d: u64) -> u64 {
-    if d < 23 {
-        20220408 + d
-    } else if d < 54 {
-        20220501 + (d - 23)
-    } else {
-        20220601 + (d - 54) % 30
+    let (mut y, mut m, mut day) = (2022u64, 4u64, 8 + d);
+    loop {
+        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][(m - 1) as usize];
+        if day <= len {
+            return y * 10_000 + m * 100 + day;
+        }
+        day -= len;
+        (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     }
 }
 
@@ -165,7 +173,7 @@ pub fn write(dir: &Path, shape: Shape) -> std::io::Result<(PathBuf, Truth)> {
             }
             // Return after a gap: a satisfied user comes back sooner.
             let satisfaction = clicks as f64 / shown.max(1) as f64;
-            let next_day = (0.35 + 0.5 * satisfaction).min(0.95);
+            let next_day = (shape.return_base + shape.return_effect * satisfaction).clamp(0.05, 0.95);
             let mut gap = 1;
             while gap < 10 && truth.uniform(20, u, session * 16 + gap) >= next_day {
                 gap += 1;

@@ -1,6 +1,8 @@
-//! `kuaisim.response`: trains the user response model on a processed log,
-//! data-parallel, with per-behaviour AUC and log-loss on the validation and
-//! test splits (gathered across ranks, so exact).
+//! The registry entries of the simulator's models (`kuaisim.retention` lives
+//! in [`crate::retention`]), and `kuaisim.response`: trains the user response
+//! model on a processed log, data-parallel, with per-behaviour AUC and
+//! log-loss on the validation and test splits (gathered across ranks, so
+//! exact).
 
 use crate::log::{self, LogSpec, Logs};
 use crate::response::{Batch, ResponseConfig, ResponseModel};
@@ -13,12 +15,20 @@ use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 /// The registry entries this crate provides.
-pub const ENTRIES: &[AlgorithmEntry] = &[AlgorithmEntry {
-    name: "kuaisim.response",
-    summary: "KuaiSim's user response model: 7 behaviours from a causal Transformer over the user's history, on KuaiRand-layout logs",
-    validate,
-    build,
-}];
+pub const ENTRIES: &[AlgorithmEntry] = &[
+    AlgorithmEntry {
+        name: "kuaisim.response",
+        summary: "KuaiSim's user response model: 7 behaviours from a causal Transformer over the user's history, on KuaiRand-layout logs",
+        validate,
+        build,
+    },
+    AlgorithmEntry {
+        name: "kuaisim.retention",
+        summary: "KuaiSim's learned retention model: the return day after a session from a causal Transformer over the user's past sessions (encoded by a trained simulator)",
+        validate: crate::retention::validate,
+        build: crate::retention::build,
+    },
+];
 
 /// The `[algorithm]` table of `kuaisim.response` jobs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
