@@ -2,7 +2,8 @@
 //! logs on 2 ranks with per-behaviour metrics, equals a 1-rank run, exports a
 //! simulator the environments load, resumes exactly, and bad logs are refused
 //! with their place; whole-session agents (DDPG, TD3, A2C, HAC) earn more per
-//! session than random slates, the CF scorer more per request, and a killed
+//! session than random slates, the CF scorer more per request (ListCVAE
+//! trains and reconstructs slates better than chance), and a killed
 //! DDPG run resumes exactly with its replay buffers; cross-session agents
 //! (CEM, TD3, RLUR) bring users back sooner than random fusion weights; the
 //! learned retention model trains on 2 ranks (= 1 rank, exact resume), beats
@@ -209,6 +210,25 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     eprintln!("kuaisim.cf: {e}; random L-reward {random_l:.3}");
     // Measured 3.50 vs 2.91 (1.20x).
     assert!(l > random_l * 1.1 && e["max_l_reward"].as_f64().unwrap() >= l, "CF: L-reward {l:.3} vs random {random_l:.3}");
+    for k in ["r_ndcg", "r_mrr"] {
+        assert!(e[k].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{k} in {e}");
+    }
+    // ListCVAE trains as a job on 2 ranks and its slates' reconstruction
+    // beats a uniform guess over the pool (it does not yet beat random slates
+    // on this simulator: docs/src/kuaisim.md).
+    let lc = dir.path().join("listcvae.toml");
+    std::fs::write(&lc, std::fs::read_to_string(&cf).unwrap().replace("name = \"cf\"", "name = \"listcvae\"").replace("kuaisim.cf", "kuaisim.listcvae").replace("hidden = [64]", "target_reward = 4.0")).unwrap();
+    let out = kiln_run(dir.path(), &lc, 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let e = final_eval(dir.path(), "listcvae");
+    eprintln!("kuaisim.listcvae: {e}; random L-reward {random_l:.3}");
+    for k in ["avg_l_reward", "max_l_reward", "coverage", "ild", "r_ndcg", "r_mrr"] {
+        assert!(e[k].as_f64().is_some_and(f64::is_finite), "{k} in {e}");
+    }
+    let metrics = std::fs::read_to_string(dir.path().join("runs/listcvae/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = metrics.lines().filter(|l| l.contains("\"reconstruction\"")).last().map(|l| serde_json::from_str(l).unwrap()).unwrap();
+    let rec = last["reconstruction"].as_f64().unwrap();
+    assert!(rec < (n as f64).ln(), "reconstruction {rec} vs uniform {}", (n as f64).ln());
     // Killed after step 70 and resumed from 60: replay buffers, environments
     // and target networks come back, so the run ends where an uninterrupted one does.
     for (name, kill) in [("ddpg-full", None), ("ddpg-killed", Some("kill-rank:1:after-step:70"))] {

@@ -100,7 +100,7 @@ impl Replay {
 }
 
 /// An MLP with ReLU between layers.
-fn mlp(p: &nn::Path, dims: &[i64]) -> nn::Sequential {
+pub(crate) fn mlp(p: &nn::Path, dims: &[i64]) -> nn::Sequential {
     let mut s = nn::seq();
     for (i, w) in dims.windows(2).enumerate() {
         s = s.add(nn::linear(p / format!("l{i}"), w[0], w[1], Default::default()));
@@ -193,13 +193,13 @@ fn actor_lr() -> f64 {
 fn noise() -> f64 {
     0.1
 }
-fn buffer() -> usize {
+pub(crate) fn buffer() -> usize {
     100_000
 }
-fn start() -> u64 {
+pub(crate) fn start() -> u64 {
     100
 }
-fn hidden() -> Vec<i64> {
+pub(crate) fn hidden() -> Vec<i64> {
     vec![256, 64]
 }
 fn delay() -> u64 {
@@ -211,7 +211,7 @@ fn target_noise() -> f64 {
 fn noise_clip() -> f64 {
     0.5
 }
-fn eval_users() -> usize {
+pub(crate) fn eval_users() -> usize {
     64
 }
 
@@ -273,6 +273,12 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
         summary: "Greedy CF scorer for request-level list recommendation against a KuaiSim simulator (user tower · item encoding, trained online, epsilon-greedy)",
         validate: validate_cf,
         build: build_cf,
+    },
+    AlgorithmEntry {
+        name: "kuaisim.listcvae",
+        summary: "ListCVAE for request-level list recommendation against a KuaiSim simulator: a conditional VAE over whole slates, asked for a target reward",
+        validate: crate::listcvae::validate,
+        build: crate::listcvae::build,
     },
     AlgorithmEntry {
         name: "kuaisim.cem",
@@ -471,16 +477,28 @@ impl ActorCritic {
     }
 
     fn uniform(&self, tag: u64, step: u64, n: usize) -> Tensor {
-        let v: Vec<f32> = (0..n as u64).map(|k| unit(splitmix(self.seed ^ splitmix(tag ^ splitmix(step.wrapping_mul(0x1_0000_0001) ^ k)))) as f32).collect();
-        Tensor::from_slice(&v).to_device(self.device)
+        counter_uniform(self.seed, tag, step, n, self.device)
     }
 
     fn gaussian(&self, tag: u64, step: u64, shape: &[i64]) -> Tensor {
-        let n: i64 = shape.iter().product();
-        let u1 = self.uniform(tag, step, n as usize).clamp_min(1e-7);
-        let u2 = self.uniform(tag + 1, step, n as usize);
-        ((u1.log() * -2.0).sqrt() * (u2 * (2.0 * std::f64::consts::PI)).cos()).view(shape)
+        counter_gaussian(self.seed, tag, step, shape, self.device)
     }
+}
+
+/// `n` uniforms in [0, 1) keyed by (seed, tag, step): drawn on the host, so a
+/// run replays on any device.
+pub(crate) fn counter_uniform(seed: u64, tag: u64, step: u64, n: usize, device: Device) -> Tensor {
+    let v: Vec<f32> = (0..n as u64).map(|k| unit(splitmix(seed ^ splitmix(tag ^ splitmix(step.wrapping_mul(0x1_0000_0001) ^ k)))) as f32).collect();
+    Tensor::from_slice(&v).to_device(device)
+}
+
+/// Standard normals of `shape` keyed by (seed, tag, step) (Box–Muller over
+/// [`counter_uniform`] draws of tags `tag` and `tag + 1`).
+pub(crate) fn counter_gaussian(seed: u64, tag: u64, step: u64, shape: &[i64], device: Device) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let u1 = counter_uniform(seed, tag, step, n as usize, device).clamp_min(1e-7);
+    let u2 = counter_uniform(seed, tag + 1, step, n as usize, device);
+    ((u1.log() * -2.0).sqrt() * (u2 * (2.0 * std::f64::consts::PI)).cos()).view(shape)
 }
 
 impl Algorithm for ActorCritic {
@@ -992,10 +1010,10 @@ pub struct CfJob {
     pub eval_users: usize,
 }
 
-fn request() -> EnvConfig {
+pub(crate) fn request() -> EnvConfig {
     EnvConfig::new(Level::Request)
 }
-fn epsilon() -> f64 {
+pub(crate) fn epsilon() -> f64 {
     0.1
 }
 
@@ -1126,7 +1144,9 @@ impl Algorithm for Cf {
 }
 
 /// Totals of request-level play: slates, the sum of their L-rewards, the sum
-/// over steps of the best slate's, steps, coverage and ILD sums.
+/// over steps of the best slate's, steps, coverage and ILD sums, and the
+/// reward-weighted ranking metrics: R-NDCG summed over the slates with any
+/// reward (and their count), R-MRR over all slates.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RequestReport {
     pub slates: f64,
@@ -1135,6 +1155,24 @@ pub struct RequestReport {
     pub steps: f64,
     pub coverage: f64,
     pub ild: f64,
+    pub r_ndcg: f64,
+    pub rewarded_slates: f64,
+    pub r_mrr: f64,
+}
+
+/// R-NDCG of one slate's item rewards in the order shown: Σ r_j / log2(j + 2)
+/// over the same sum with the rewards sorted best first (`None` when no item
+/// earned anything); R-MRR: 1 / the position of the first rewarded item (0
+/// when none). The KuaiSim paper names both without a formula; these are our
+/// reading, documented in docs/src/kuaisim.md.
+pub fn ranking_metrics(rewards: &[f32]) -> (Option<f64>, f64) {
+    let dcg = |r: &[f32]| r.iter().enumerate().map(|(j, &x)| x as f64 / ((j + 2) as f64).log2()).sum::<f64>();
+    let mut ideal = rewards.to_vec();
+    ideal.sort_by(|a, b| b.total_cmp(a));
+    let best = dcg(&ideal);
+    let ndcg = (best > 0.0).then(|| dcg(rewards) / best);
+    let mrr = rewards.iter().position(|&x| x > 0.0).map_or(0.0, |j| 1.0 / (j + 1) as f64);
+    (ndcg, mrr)
 }
 
 /// Plays request-level episodes with `policy` (user state → slate) until
@@ -1157,6 +1195,15 @@ pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Ten
         rep.steps += 1.0;
         rep.coverage += out.coverage as f64;
         rep.ild += out.ild;
+        let items = Vec::<f32>::try_from(out.item_reward.to_device(Device::Cpu).contiguous().reshape([-1])).map_err(|e| e.to_string())?;
+        for slate in items.chunks_exact(out.item_reward.size()[1].max(1) as usize) {
+            let (ndcg, mrr) = ranking_metrics(slate);
+            if let Some(x) = ndcg {
+                rep.r_ndcg += x;
+                rep.rewarded_slates += 1.0;
+            }
+            rep.r_mrr += mrr;
+        }
         if out.done.iter().all(|&d| d) {
             served += out.done.len();
             env.reset();
@@ -1166,8 +1213,10 @@ pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Ten
 }
 
 pub fn gather_request(ctx: &StepContext, r: &RequestReport) -> Result<BTreeMap<String, f64>, WorkerError> {
-    let t = sum_over_ranks(ctx, [r.slates, r.l_reward, r.max_l_reward, r.steps, r.coverage, r.ild])?;
+    let t = sum_over_ranks(ctx, [r.slates, r.l_reward, r.max_l_reward, r.steps, r.coverage, r.ild, r.r_ndcg, r.rewarded_slates, r.r_mrr])?;
     let mut out = BTreeMap::new();
+    out.insert("r_ndcg".into(), t[6] / t[7].max(1.0));
+    out.insert("r_mrr".into(), t[8] / t[0].max(1.0));
     out.insert("avg_l_reward".into(), t[1] / t[0].max(1.0));
     out.insert("max_l_reward".into(), t[2] / t[3].max(1.0));
     out.insert("coverage".into(), t[4] / t[3].max(1.0));
@@ -1258,5 +1307,21 @@ impl Algorithm for RandomPolicy {
 
     fn global_batch(&self) -> usize {
         self.global_batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranking_metrics;
+
+    #[test]
+    fn reward_weighted_ranking_metrics_match_a_hand_computation() {
+        // Rewards 0, 2, 1 in the order shown: DCG = 2/log2(3) + 1/2, ideal 2 + 1/log2(3).
+        let (ndcg, mrr) = ranking_metrics(&[0.0, 2.0, 1.0]);
+        let want = (2.0 / 3f64.log2() + 0.5) / (2.0 + 1.0 / 3f64.log2());
+        assert!((ndcg.unwrap() - want).abs() < 1e-12 && (mrr - 0.5).abs() < 1e-12);
+        // Best first: 1; nothing earned: no R-NDCG, R-MRR 0.
+        assert_eq!(ranking_metrics(&[3.0, 1.0, 0.0]), (Some(1.0), 1.0));
+        assert_eq!(ranking_metrics(&[0.0, 0.0]), (None, 0.0));
     }
 }

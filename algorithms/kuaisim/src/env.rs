@@ -173,7 +173,9 @@ pub struct Step {
     pub slate: Tensor,
     /// `[B, slate, 7]` sampled responses in {0, 1}.
     pub responses: Tensor,
-    /// `[B]` the immediate reward: the slate's mean weighted response sum.
+    /// `[B, slate]` each shown item's weighted response sum.
+    pub item_reward: Tensor,
+    /// `[B]` the immediate reward: the slate's mean item reward.
     pub reward: Tensor,
     /// `[B, 3·enc]` the users' state after this step (before replacements).
     pub user_state: Tensor,
@@ -592,7 +594,8 @@ impl Env {
         let draws: Vec<f32> = (0..(b * k * NB as i64) as u64).map(|i| unit(splitmix(self.seed ^ splitmix(self.t.wrapping_mul(0x1_0000_0001) ^ splitmix(i)))) as f32).collect();
         let draws = Tensor::from_slice(&draws).view([b, k, NB as i64]).to_device(self.sim.device);
         let responses = draws.lt_tensor(&p).to_kind(Kind::Float);
-        let reward = responses.matmul(&self.weights.unsqueeze(-1)).squeeze_dim(-1).mean_dim([1i64].as_slice(), false, Kind::Float); // [B]
+        let item_reward = responses.matmul(&self.weights.unsqueeze(-1)).squeeze_dim(-1); // [B, k]
+        let reward = item_reward.mean_dim([1i64].as_slice(), false, Kind::Float); // [B]
         let ild = 1.0 - if k > 1 { others.mean(Kind::Float).double_value(&[]) } else { 1.0 };
         let mut shown: Vec<i64> = Vec::<i64>::try_from(slate.reshape([-1]).to_device(Device::Cpu)).map_err(|e| e.to_string())?;
         let flat_resp = Vec::<f32>::try_from(responses.reshape([-1]).to_device(Device::Cpu)).map_err(|e| e.to_string())?;
@@ -677,7 +680,7 @@ impl Env {
         }
         shown.sort_unstable();
         shown.dedup();
-        Ok(Step { slate, responses, reward, user_state, done, coverage: shown.len(), ild, return_day })
+        Ok(Step { slate, responses, item_reward, reward, user_state, done, coverage: shown.len(), ild, return_day })
     }
 
     /// A return day d in 1..=weights.len() drawn with P(d) ∝ weights[d − 1]

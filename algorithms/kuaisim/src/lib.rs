@@ -15,6 +15,7 @@
 pub mod agents;
 pub mod env;
 pub mod layers;
+pub mod listcvae;
 pub mod log;
 pub mod response;
 pub mod retention;
