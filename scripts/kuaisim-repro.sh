@@ -4,10 +4,13 @@
 # the random baseline over seeds 1-3 with `kiln sweep`, 2 ranks each. Prints
 # where the three sweep.md tables are.
 #   scripts/kuaisim-repro.sh [workdir]      (default runs-kuaisim/)
+#   LEVELS="request" scripts/kuaisim-repro.sh ...   (some of whole, request, cross)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILN=${KILN:-$PWD/target/debug/kiln}
 work=${1:-runs-kuaisim}
+LEVELS=${LEVELS:-whole request cross}
+level() { [[ " $LEVELS " == *" $1 "* ]]; }
 mkdir -p "$work"
 cd "$work"
 [ -f synth/log_standard_pure.csv ] || "$KILN" kuaisim synth --out synth --users 300 --items 150 --days 40 > /dev/null
@@ -67,26 +70,35 @@ whole='[algorithm.env]
 level = "whole-session"
 batch = 8
 initial_temper = 20'
+if level whole; then
 spec whole kuaisim.ddpg 1500 "$ac" "$whole"
 sweep whole kuaisim.ddpg,kuaisim.td3,kuaisim.a2c,kuaisim.hac "depth,avg_reward,total_reward,coverage,ild"
 spec whole-random kuaisim.random 1 'simulator = "sim"
 eval_users = 64' "$whole"
 sweep whole-random kuaisim.random "depth,avg_reward,total_reward,coverage,ild"
+fi
 
 request='[algorithm.env]
 level = "request"
 batch = 8'
+rmetrics="avg_l_reward,max_l_reward,coverage,ild,r_ndcg,r_mrr"
+if level request; then
 LR=0.003 spec request kuaisim.cf 400 'simulator = "sim"
 hidden = [64]
 eval_users = 128' "$request"
-sweep request kuaisim.cf "avg_l_reward,max_l_reward,coverage,ild"
+sweep request kuaisim.cf "$rmetrics"
+GLOBAL_BATCH=16 spec request-listcvae kuaisim.listcvae 1000 'simulator = "sim"
+eval_users = 128' "$request"
+sweep request-listcvae kuaisim.listcvae "$rmetrics"
 spec request-random kuaisim.random 1 'simulator = "sim"
 eval_users = 128' "$request"
-sweep request-random kuaisim.random "avg_l_reward,max_l_reward,coverage,ild"
+sweep request-random kuaisim.random "$rmetrics"
+fi
 
 cross='[algorithm.env]
 level = "cross-session"
 batch = 8'
+if level cross; then
 spec cross kuaisim.td3 1500 "$ac
 rnd_weight = 0.1" "$cross"
 sweep cross kuaisim.td3,kuaisim.rlur "return_day,retention,avg_reward"
@@ -97,3 +109,4 @@ sweep cross-cem kuaisim.cem "return_day,retention,avg_reward"
 spec cross-random kuaisim.random 1 'simulator = "sim"
 eval_users = 64' "$cross"
 sweep cross-random kuaisim.random "return_day,retention,avg_reward"
+fi

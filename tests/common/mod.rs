@@ -260,3 +260,60 @@ impl Drop for Coord {
         }
     }
 }
+
+// KuaiSim: a simulator to play against (tests/kuaisim.rs, tests/retention.rs).
+
+/// A `kuaisim.response` job over the logs in `data`, with SGD and no dropout
+/// (so ranks can be compared).
+pub fn response_job(dir: &Path, data: &Path, name: &str, steps: u64, every: u64, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "{name}"
+[checkpoint]
+store = "{store}"
+every = {every}
+keep = 10
+[train]
+steps = {steps}
+seed = 3
+global_batch = 32
+log_every = 4
+[train.optimizer]
+{SGD}
+[algorithm]
+name = "kuaisim.response"
+[algorithm.data]
+log = ["{log}"]
+user_features = "{data}/user_features_pure.csv"
+video_features = "{data}/video_features_basic_pure.csv"
+core = 3
+{extra}
+[algorithm.model]
+id_dim = 8
+enc_dim = 16
+history = 6
+dropout = 0.0
+"#,
+        store = dir.join("store").display(),
+        log = data.join("log_standard_pure.csv").display(),
+        data = data.display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Synthetic logs (60 users, 40 items, 10 days), a 2-rank response model of
+/// 600 steps, exported: the simulator the agent tests play against.
+pub fn trained_simulator(dir: &Path) -> PathBuf {
+    let data = dir.join("synth");
+    let mut c = kiln();
+    c.args(["kuaisim", "synth", "--out"]).arg(&data).args(["--users", "60", "--items", "40", "--days", "10"]);
+    assert!(run(&mut c).status.success());
+    let out = kiln_run(dir, &response_job(dir, &data, "uirm", 600, 0, ""), 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sim = dir.join("sim");
+    let mut c = kiln();
+    c.arg("export").arg(dir.join("uirm.toml")).arg("--out").arg(&sim);
+    assert!(run(&mut c).status.success());
+    sim
+}

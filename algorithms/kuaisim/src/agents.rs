@@ -59,6 +59,16 @@ impl Replay {
         self.len = (self.len + n).min(self.capacity);
     }
 
+    /// Mean and standard deviation of the stored rewards' first component
+    /// (0 and 1 while empty).
+    pub fn reward_stats(&self) -> (f64, f64) {
+        if self.len < 2 {
+            return (0.0, 1.0);
+        }
+        let r = self.reward.narrow(0, 0, self.len as i64).select(1, 0);
+        (r.mean(Kind::Float).double_value(&[]), r.std(true).double_value(&[]).max(1e-6))
+    }
+
     /// `n` transitions drawn uniformly by the counter `key`.
     pub fn sample(&self, n: usize, key: u64) -> [Tensor; 5] {
         let idx: Vec<i64> = (0..n as u64).map(|k| (splitmix(key ^ splitmix(k)) % self.len.max(1) as u64) as i64).collect();
@@ -99,8 +109,8 @@ impl Replay {
     }
 }
 
-/// An MLP with ReLU between layers.
-pub(crate) fn mlp(p: &nn::Path, dims: &[i64]) -> nn::Sequential {
+/// An MLP with ReLU between layers (`dims`: input, hidden..., output).
+pub fn mlp(p: &nn::Path, dims: &[i64]) -> nn::Sequential {
     let mut s = nn::seq();
     for (i, w) in dims.windows(2).enumerate() {
         s = s.add(nn::linear(p / format!("l{i}"), w[0], w[1], Default::default()));
@@ -487,14 +497,14 @@ impl ActorCritic {
 
 /// `n` uniforms in [0, 1) keyed by (seed, tag, step): drawn on the host, so a
 /// run replays on any device.
-pub(crate) fn counter_uniform(seed: u64, tag: u64, step: u64, n: usize, device: Device) -> Tensor {
+pub fn counter_uniform(seed: u64, tag: u64, step: u64, n: usize, device: Device) -> Tensor {
     let v: Vec<f32> = (0..n as u64).map(|k| unit(splitmix(seed ^ splitmix(tag ^ splitmix(step.wrapping_mul(0x1_0000_0001) ^ k)))) as f32).collect();
     Tensor::from_slice(&v).to_device(device)
 }
 
 /// Standard normals of `shape` keyed by (seed, tag, step) (Box–Muller over
 /// [`counter_uniform`] draws of tags `tag` and `tag + 1`).
-pub(crate) fn counter_gaussian(seed: u64, tag: u64, step: u64, shape: &[i64], device: Device) -> Tensor {
+pub fn counter_gaussian(seed: u64, tag: u64, step: u64, shape: &[i64], device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
     let u1 = counter_uniform(seed, tag, step, n as usize, device).clamp_min(1e-7);
     let u2 = counter_uniform(seed, tag + 1, step, n as usize, device);
@@ -780,6 +790,12 @@ pub struct CrossReport {
 /// Plays `env` (cross session) with `policy` (user state → fusion weights
 /// `[B, 7]`) until `episodes` user-episodes per slot batch have ended.
 pub fn play_cross(env: &mut Env, episodes: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<CrossReport, String> {
+    play_cross_with(env, episodes, |env| policy(&env.user_state()))
+}
+
+/// [`play_cross`] for policies that read more of the environment than the
+/// user state (their histories).
+pub fn play_cross_with(env: &mut Env, episodes: usize, mut policy: impl FnMut(&Env) -> Tensor) -> Result<CrossReport, String> {
     let mut rep = CrossReport::default();
     let mut guard = 0usize;
     while (rep.episodes as usize) < episodes {
@@ -787,8 +803,8 @@ pub fn play_cross(env: &mut Env, episodes: usize, policy: impl Fn(&Tensor) -> Te
         if guard > 1_000_000 {
             return Err("evaluation: episodes never end".into());
         }
-        let s = env.user_state();
-        let out = env.step(&Action::Fusion(policy(&s)))?;
+        let w = policy(env);
+        let out = env.step(&Action::Fusion(w))?;
         rep.reward += out.reward.sum(Kind::Float).double_value(&[]);
         rep.requests += out.done.len() as f64;
         for &d in out.return_day.iter().filter(|&&d| d > 0) {

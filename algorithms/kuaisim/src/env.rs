@@ -47,12 +47,19 @@ pub enum RetentionModelKind {
     Parametric,
     /// A trained `kuaisim.retention` model exported to `retention.path`.
     Learned,
+    /// GFN4Retention's cumulative-influence variant: the parametric model
+    /// driven by an exponential moving average of the user's immediate
+    /// rewards over the whole episode instead of the last session's mean.
+    Cumulative,
 }
 
 /// The return-day model. Parametric: p = clamp(personal + feedback ·
 /// session reward + next_day_bias, 0.001, 0.999), the return day a draw from
-/// the geometric distribution truncated to 1..=max_return_day. Learned: a
-/// draw from the trained model's distribution after the user's sessions.
+/// the geometric distribution truncated to 1..=max_return_day. Cumulative:
+/// the same with `cumulative_influence` × (EMA − 0.01) in place of the
+/// feedback term, the EMA (decay `ema_decay`) over every step's immediate
+/// reward since the user arrived. Learned: a draw from the trained model's
+/// distribution after the user's sessions.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
@@ -65,12 +72,16 @@ pub struct Retention {
     /// Scale of the fixed random linear map of the end-of-session user state
     /// that makes each user's personal bias.
     pub personal_scale: f64,
+    /// Cumulative: the EMA's decay per step and its weight (the reference's
+    /// 0.7 and 0.4).
+    pub ema_decay: f64,
+    pub cumulative_influence: f64,
 }
 
 impl Default for Retention {
     /// The reference's benchmark values.
     fn default() -> Self {
-        Retention { model: RetentionModelKind::Parametric, path: None, max_return_day: 10, next_day_bias: 0.4, feedback_influence: 0.1, personal_scale: 0.1 }
+        Retention { model: RetentionModelKind::Parametric, path: None, max_return_day: 10, next_day_bias: 0.4, feedback_influence: 0.1, personal_scale: 0.1, ema_decay: 0.7, cumulative_influence: 0.4 }
     }
 }
 
@@ -139,6 +150,9 @@ impl EnvConfig {
             return Err("rho must be in [0, 1]".into());
         }
         let r = &self.retention;
+        if !(0.0..1.0).contains(&r.ema_decay) || !r.cumulative_influence.is_finite() {
+            return Err("retention: ema_decay must be in [0, 1) and cumulative_influence finite".into());
+        }
         if r.max_return_day == 0 || !(r.next_day_bias.is_finite() && r.feedback_influence.is_finite() && r.personal_scale.is_finite()) {
             return Err("retention: max_return_day must be at least 1 and the biases finite".into());
         }
@@ -173,6 +187,9 @@ pub struct Step {
     pub slate: Tensor,
     /// `[B, slate, 7]` sampled responses in {0, 1}.
     pub responses: Tensor,
+    /// `[B, slate, 7]` the response model's probabilities for the shown
+    /// items (before the item-correlation penalty).
+    pub probs: Tensor,
     /// `[B, slate]` each shown item's weighted response sum.
     pub item_reward: Tensor,
     /// `[B]` the immediate reward: the slate's mean item reward.
@@ -288,6 +305,8 @@ pub struct Env {
     /// Learned retention: the current session's summed responses and impressions per slot.
     session_resp: Vec<[f64; NB]>,
     session_items: Vec<usize>,
+    /// Cumulative retention: each slot's EMA of immediate rewards.
+    ema: Vec<f64>,
     /// Users' logged sessions as the learned model's context (a pure
     /// function of the user, cached).
     log_context: std::collections::HashMap<i64, (Vec<f32>, Vec<i64>)>,
@@ -331,6 +350,7 @@ impl Env {
             next_gap: vec![0; if learned { b } else { 0 }],
             session_resp: vec![[0.0; NB]; if learned { b } else { 0 }],
             session_items: vec![0; if learned { b } else { 0 }],
+            ema: vec![0.0; b],
             log_context: Default::default(),
             seed,
             t: 0,
@@ -382,6 +402,9 @@ impl Env {
             named.push(("env.session_resp".into(), f(&self.session_resp.concat())));
             named.push(("env.session_items".into(), i(&self.session_items.iter().map(|&x| x as i64).collect::<Vec<_>>())));
         }
+        if self.cfg.retention.model == RetentionModelKind::Cumulative {
+            named.push(("env.ema".into(), f(&self.ema)));
+        }
         named
     }
 
@@ -406,6 +429,9 @@ impl Env {
         self.in_session = sizes[..b].iter().map(|&x| x as usize).collect();
         self.sessions = sizes[b..].iter().map(|&x| x as usize).collect();
         self.session_reward = floats("env.session_reward")?;
+        if self.cfg.retention.model == RetentionModelKind::Cumulative {
+            self.ema = floats("env.ema")?;
+        }
         if !self.next_gap.is_empty() {
             let enc = Vec::<f32>::try_from(get("env.past_enc")?).map_err(|e| e.to_string())?;
             if enc.len() != self.past_enc.len() {
@@ -453,6 +479,7 @@ impl Env {
         self.in_session[slot] = 0;
         self.sessions[slot] = 0;
         self.session_reward[slot] = 0.0;
+        self.ema[slot] = 0.0;
     }
 
     /// Learned retention: the slot's context becomes its user's logged
@@ -590,7 +617,7 @@ impl Env {
         let unit_enc = &enc / enc.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true).clamp_min(1e-12);
         let sim = unit_enc.matmul(&unit_enc.transpose(1, 2)); // [B, k, k]
         let others = if k > 1 { (sim.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float) - 1.0) / (k - 1) as f64 } else { sim.zeros_like().select(2, 0) };
-        let p = (probs - others.unsqueeze(-1) * self.cfg.rho()).clamp_min(0.0);
+        let p = (&probs - others.unsqueeze(-1) * self.cfg.rho()).clamp_min(0.0);
         let draws: Vec<f32> = (0..(b * k * NB as i64) as u64).map(|i| unit(splitmix(self.seed ^ splitmix(self.t.wrapping_mul(0x1_0000_0001) ^ splitmix(i)))) as f32).collect();
         let draws = Tensor::from_slice(&draws).view([b, k, NB as i64]).to_device(self.sim.device);
         let responses = draws.lt_tensor(&p).to_kind(Kind::Float);
@@ -648,6 +675,8 @@ impl Env {
                 for slot in 0..self.cfg.batch {
                     self.in_session[slot] += 1;
                     self.session_reward[slot] += rewards[slot] as f64;
+                    let decay = self.cfg.retention.ema_decay;
+                    self.ema[slot] = decay * self.ema[slot] + (1.0 - decay) * rewards[slot] as f64;
                     if (self.in_session[slot] as f64) < self.cfg.temper() {
                         continue;
                     }
@@ -655,8 +684,11 @@ impl Env {
                     return_day[slot] = match ending.iter().position(|&s| s == slot).and_then(|i| learned.get(i)) {
                         Some(&day) => day,
                         None => {
-                            let mean_reward = self.session_reward[slot] / self.in_session[slot] as f64;
-                            let p = (personal[slot] as f64 + r.feedback_influence * mean_reward + r.next_day_bias).clamp(0.001, 0.999);
+                            let feedback = match r.model {
+                                RetentionModelKind::Cumulative => r.cumulative_influence * (self.ema[slot] - 0.01),
+                                _ => r.feedback_influence * self.session_reward[slot] / self.in_session[slot] as f64,
+                            };
+                            let p = (personal[slot] as f64 + feedback + r.next_day_bias).clamp(0.001, 0.999);
                             let max = r.max_return_day;
                             let weights: Vec<f64> = (0..max).map(|d| p * (1.0 - p).powi(d as i32)).collect();
                             self.draw_day(&weights, slot)
@@ -680,7 +712,7 @@ impl Env {
         }
         shown.sort_unstable();
         shown.dedup();
-        Ok(Step { slate, responses, item_reward, reward, user_state, done, coverage: shown.len(), ild, return_day })
+        Ok(Step { slate, responses, probs, item_reward, reward, user_state, done, coverage: shown.len(), ild, return_day })
     }
 
     /// A return day d in 1..=weights.len() drawn with P(d) ∝ weights[d − 1]
@@ -885,5 +917,30 @@ mod tests {
         assert!(e.contains("no retention model attached"), "{e}");
         let e = EnvConfig { retention: Retention { path: None, ..cfg.retention.clone() }, ..cfg }.check().err().unwrap();
         assert!(e.contains("needs path"), "{e}");
+    }
+
+    #[test]
+    fn cumulative_retention_follows_an_ema_of_the_rewards_and_resumes() {
+        let (sim, _vs) = simulator();
+        let retention = Retention { model: RetentionModelKind::Cumulative, ema_decay: 0.5, ..Retention::default() };
+        let cfg = EnvConfig { batch: 4, initial_temper: Some(2.0), sessions: 3, retention, ..EnvConfig::new(Level::CrossSession) };
+        let w = Action::Fusion(Tensor::ones([4, 7], (Kind::Float, Device::Cpu)));
+        let mut env = Env::new(sim.clone(), cfg.clone(), 3).unwrap();
+        let mut want = [0f64; 4];
+        for _ in 0..3 {
+            let r = Vec::<f32>::try_from(env.step(&w).unwrap().reward).unwrap();
+            for (e, x) in want.iter_mut().zip(r) {
+                *e = 0.5 * *e + 0.5 * x as f64;
+            }
+        }
+        let named: BTreeMap<String, Tensor> = env.to_named().into_iter().collect();
+        let ema = Vec::<f64>::try_from(&named["env.ema"]).unwrap();
+        assert!(ema.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{ema:?} vs {want:?}");
+        // A resumed environment draws the same return days.
+        let mut other = Env::new(sim.clone(), cfg, 3).unwrap();
+        other.load(&named).unwrap();
+        for _ in 0..3 {
+            assert_eq!(env.step(&w).unwrap().return_day, other.step(&w).unwrap().return_day);
+        }
     }
 }

@@ -3,7 +3,10 @@
 //! the user state and the slate's reward; at serving time it is asked for a
 //! slate of a *target* reward.
 //!
-//! - **Condition**: LayerNorm(a linear map of the reward to `c_dim`).
+//! - **Condition**: LayerNorm(a linear map of the reward to `c_dim`), the
+//!   reward standardised by the replay buffer's rewards (ours: raw rewards
+//!   vary too little against the map's bias to survive the LayerNorm, and the
+//!   decoder then ignores them).
 //! - **Encoder** q(z | slate, c, s): an MLP over the slate's item encodings
 //!   (concatenated in order), the condition and the user state → mean and
 //!   log-variance of z (LayerNorm'd, as the reference does).
@@ -13,9 +16,11 @@
 //!   product with the item's encoding (the simulator's; over the whole pool —
 //!   the reference samples 100 negatives, we take the exact softmax).
 //! - **Loss**: the ELBO — the positions' cross-entropy plus β · KL(q ‖ p).
-//! - **Acting**: z drawn from the prior at the target reward; while training
-//!   each position is a draw from its distribution (a uniform item with
-//!   probability ε), when evaluated its most likely item.
+//! - **Acting**: z drawn from the prior at the target reward (unset: the
+//!   buffer's mean + 2 standard deviations); position by
+//!   position, among the items not yet in the slate, a draw from its
+//!   distribution while training (a uniform item with probability ε), its
+//!   most likely item when evaluated.
 //!
 //! Trained online like the other agents: each rank plays its own users into
 //! its own replay buffer of (state, slate, reward) and learns from
@@ -56,9 +61,10 @@ pub struct ListCvaeJob {
     #[serde(default = "beta")]
     pub beta: f64,
     /// The slate reward asked for when acting (the environment's L-reward
-    /// scale: the mean over the slate of each item's weighted responses).
-    #[serde(default = "target")]
-    pub target_reward: f64,
+    /// scale: the mean over the slate of each item's weighted responses);
+    /// unset, two standard deviations above the replay buffer's mean reward.
+    #[serde(default)]
+    pub target_reward: Option<f64>,
     #[serde(default = "epsilon")]
     pub epsilon: f64,
     #[serde(default = "buffer")]
@@ -85,9 +91,6 @@ fn coder_hidden() -> Vec<i64> {
 fn beta() -> f64 {
     1.0
 }
-fn target() -> f64 {
-    3.0
-}
 
 impl ListCvaeJob {
     pub fn from_value(v: &toml::Value) -> Result<ListCvaeJob, ConfigError> {
@@ -100,7 +103,7 @@ impl ListCvaeJob {
         if job.c_dim < 1 || job.z_dim < 1 || widths.iter().any(|&h| h < 1) {
             return Err(ConfigError::new("c_dim", "c_dim, z_dim and every hidden width must be at least 1"));
         }
-        if !(job.beta >= 0.0 && job.beta.is_finite()) || !job.target_reward.is_finite() || !(0.0..=1.0).contains(&job.epsilon) || job.buffer == 0 || job.eval_users == 0 {
+        if !(job.beta >= 0.0 && job.beta.is_finite()) || !job.target_reward.unwrap_or(0.0).is_finite() || !(0.0..=1.0).contains(&job.epsilon) || job.buffer == 0 || job.eval_users == 0 {
             return Err(ConfigError::new("beta", "beta >= 0, a finite target_reward, epsilon in [0, 1], buffer and eval_users >= 1"));
         }
         Ok(job)
@@ -168,9 +171,13 @@ impl ListCvae {
         Ok(cvae)
     }
 
-    /// The condition `[B, c_dim]` for slate rewards `reward` `[B]`.
+    /// The condition `[B, c_dim]` for slate rewards `reward` `[B]`, standardised
+    /// by the replay buffer's rewards (raw rewards of a few units vary too
+    /// little against the map's bias to survive its LayerNorm).
     fn condition(&self, reward: &Tensor) -> Tensor {
-        self.cond_norm.forward(&self.cond.forward(&reward.to_kind(Kind::Float).unsqueeze(1)))
+        let (mean, std) = self.replay.reward_stats();
+        let z = (reward.to_kind(Kind::Float) - mean) / std;
+        self.cond_norm.forward(&self.cond.forward(&z.unsqueeze(1)))
     }
 
     /// (mean, log-variance) of z from an MLP's `[B, 2·z]` output.
@@ -195,22 +202,30 @@ impl ListCvae {
     fn act(&self, state: &Tensor, tag: u64, step: u64, explore: bool) -> Tensor {
         tch::no_grad(|| {
             let b = state.size()[0];
-            let c = self.condition(&Tensor::full([b], self.job.target_reward, (Kind::Float, self.device)));
+            let target = self.job.target_reward.unwrap_or_else(|| {
+                let (mean, std) = self.replay.reward_stats();
+                mean + 2.0 * std
+            });
+            let c = self.condition(&Tensor::full([b], target, (Kind::Float, self.device)));
             let (mu, logvar) = self.gaussian_params(&self.prior.forward(&Tensor::cat(&[&c, state], 1)));
             let z = &mu + (&logvar * 0.5).exp() * counter_gaussian(self.seed, tag, step, &mu.size(), self.device);
             let logits = self.logits(&z, &c, state);
+            // Exploring, Gumbel noise on the logits: the argmax is then a draw from the softmax.
+            let logits = if explore {
+                let u = counter_uniform(self.seed, tag + 2, step, logits.numel(), self.device).clamp(1e-7, 1.0 - 1e-7).view(logits.size().as_slice());
+                logits - (-u.log()).log()
+            } else {
+                logits
+            };
+            let slate = distinct_argmax(&logits);
             if !explore {
-                return logits.argmax(-1, false) + 1;
+                return slate;
             }
-            // Gumbel-max: argmax(logits + Gumbel noise) is a draw from the softmax.
-            let n = logits.numel();
-            let u = counter_uniform(self.seed, tag + 2, step, n, self.device).clamp(1e-7, 1.0 - 1e-7).view(logits.size().as_slice());
-            let drawn = (logits - (-u.log()).log()).argmax(-1, false) + 1;
-            let k = drawn.size()[1];
+            let k = slate.size()[1];
             let pool = self.sim.item_count() as f64;
             let coin = counter_uniform(self.seed, tag + 3, step, (b * k) as usize, self.device).view([b, k]);
             let random = (counter_uniform(self.seed, tag + 4, step, (b * k) as usize, self.device).view([b, k]) * pool).floor().clamp(0.0, pool - 1.0).to_kind(Kind::Int64) + 1;
-            drawn.where_self(&coin.ge(self.job.epsilon), &random)
+            slate.where_self(&coin.ge(self.job.epsilon), &random)
         })
     }
 
@@ -230,6 +245,21 @@ impl ListCvae {
         let (rv, kv) = (rec.double_value(&[]), kl.double_value(&[]));
         (rec + kl * self.job.beta, rv, kv)
     }
+}
+
+/// Item ids `[B, k]` from per-position scores `[B, k, items]`: position by
+/// position the best item not already in the slate (a slate shows distinct
+/// items; the reference decodes positions independently and may repeat one).
+pub fn distinct_argmax(scores: &Tensor) -> Tensor {
+    let (b, k) = (scores.size()[0], scores.size()[1]);
+    let mut taken = Tensor::zeros([b, scores.size()[2]], (Kind::Bool, scores.device()));
+    let mut picks = Vec::with_capacity(k as usize);
+    for j in 0..k.min(scores.size()[2]) {
+        let pick = scores.select(1, j).masked_fill(&taken, f64::NEG_INFINITY).argmax(-1, true);
+        taken = taken.scatter_value(1, &pick, 1);
+        picks.push(pick);
+    }
+    Tensor::cat(&picks, 1) + 1
 }
 
 /// KL(N(mu, e^logvar) ‖ N(pmu, e^plogvar)) per row `[B]` of diagonal
@@ -319,5 +349,12 @@ mod tests {
         assert!((kl(&[1.0, 1.0], &[0.0, 0.0], &[0.0, 0.0], &[0.0, 0.0]) - 1.0).abs() < 1e-6);
         // Variance e against 1: (1/2)(−1 + e − 1).
         assert!((kl(&[0.0], &[1.0], &[0.0], &[0.0]) - 0.5 * (std::f64::consts::E - 2.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn decoded_slates_hold_distinct_items_best_first() {
+        // Both positions prefer item 3 (index 2); the second gets its next best, item 2.
+        let scores = Tensor::from_slice(&[0.5f32, 0.1, 0.9, 0.2, 0.4, 0.8]).view([1, 2, 3]);
+        assert_eq!(Vec::<i64>::try_from(distinct_argmax(&scores).reshape([-1])).unwrap(), vec![3, 2]);
     }
 }
