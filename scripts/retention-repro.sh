@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The retention comparison (docs/src/retention.md): the cross-session
-# baselines (CEM, TD3, RLUR), GFN4Retention and random fusion weights in the
+# baselines (CEM, TD3, RLUR), GFN4Retention, DT4IER (with and without user
+# reward weights and the contrastive term) and random fusion weights in the
 # cumulative-influence cross-session environment, seeds 1-3 with `kiln
 # sweep`, 2 ranks each, against the simulator of scripts/kuaisim-repro.sh
 # (trained there first if the workdir has none). Prints where the tables are.
@@ -42,9 +43,11 @@ model = "cumulative"
 SPEC
 }
 metrics="return_day,retention,avg_reward"
-sweep() { # base-spec values
-  "$KILN" sweep "$1.toml" --set "algorithm.name=$2" --seeds 1,2,3 --ranks 2 --metrics "$metrics" > "$1.sweep.log" 2>&1
-  echo "$1: runs/$1-sweep/sweep.md"
+sweep() { # base-spec values [more --set arguments]
+  local base=$1 names=$2
+  shift 2
+  "$KILN" sweep "$base.toml" --set "algorithm.name=$names" "$@" --seeds 1,2,3 --ranks 2 --metrics "$metrics" > "$base.sweep.log" 2>&1
+  echo "$base: runs/$base-sweep/sweep.md"
 }
 ac='start_steps = 50
 noise = 0.3
@@ -64,3 +67,10 @@ noise = 0.3'
 sweep cum-gfn retention.gfn4retention
 spec cum-random kuaisim.random 1 16 ''
 sweep cum-random kuaisim.random
+# DT4IER: trajectories from random constant fusion weights in the same
+# environment, lists played back (64 user-episodes per rank); its list
+# metrics too.
+metrics="return_day,retention,avg_reward,play_*,hr@6,ndcg@6,precision"
+spec cum-dt retention.dt4ier 300 32 'episodes = 128'
+sed -i 's/^lr = 0.001/lr = 0.003/' cum-dt.toml
+sweep cum-dt retention.dt4ier --set algorithm.reward_weights=true,false --set algorithm.contrastive_weight=0.1,0.0

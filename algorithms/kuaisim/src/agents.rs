@@ -790,12 +790,12 @@ pub struct CrossReport {
 /// Plays `env` (cross session) with `policy` (user state → fusion weights
 /// `[B, 7]`) until `episodes` user-episodes per slot batch have ended.
 pub fn play_cross(env: &mut Env, episodes: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<CrossReport, String> {
-    play_cross_with(env, episodes, |env| policy(&env.user_state()))
+    play_cross_with(env, episodes, |env| Action::Fusion(policy(&env.user_state())))
 }
 
 /// [`play_cross`] for policies that read more of the environment than the
-/// user state (their histories).
-pub fn play_cross_with(env: &mut Env, episodes: usize, mut policy: impl FnMut(&Env) -> Tensor) -> Result<CrossReport, String> {
+/// user state (their histories), or act with slates.
+pub fn play_cross_with(env: &mut Env, episodes: usize, mut policy: impl FnMut(&Env) -> Action) -> Result<CrossReport, String> {
     let mut rep = CrossReport::default();
     let mut guard = 0usize;
     while (rep.episodes as usize) < episodes {
@@ -803,8 +803,8 @@ pub fn play_cross_with(env: &mut Env, episodes: usize, mut policy: impl FnMut(&E
         if guard > 1_000_000 {
             return Err("evaluation: episodes never end".into());
         }
-        let w = policy(env);
-        let out = env.step(&Action::Fusion(w))?;
+        let action = policy(env);
+        let out = env.step(&action)?;
         rep.reward += out.reward.sum(Kind::Float).double_value(&[]);
         rep.requests += out.done.len() as f64;
         for &d in out.return_day.iter().filter(|&&d| d > 0) {

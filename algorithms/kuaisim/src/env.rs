@@ -10,8 +10,8 @@
 //!   response), a user leaves once it is below 1 and is replaced in the batch
 //!   by a newly sampled user.
 //! - **Cross session** ([`Level::CrossSession`]): the action is 7
-//!   ranking-fusion weights per user; the environment scores every item by
-//!   Σ_b w_b·P(b), shows the top `slate`, and each session lasts
+//!   ranking-fusion weights per user — the environment scores every item by
+//!   Σ_b w_b·P(b) and shows the top `slate` — or a slate itself, and each session lasts
 //!   `initial_temper` steps; at a session's end the retention model draws the
 //!   return day — the parametric one, or the learned one
 //!   ([`crate::retention`]) over the user's past sessions (those in the log,
@@ -177,7 +177,7 @@ pub struct Observation {
 pub enum Action {
     /// Request and whole session: `[B, slate]` item ids (1..=items).
     Slate(Tensor),
-    /// Cross session: `[B, 7]` ranking-fusion weights.
+    /// Cross session: `[B, 7]` ranking-fusion weights (the level also takes a slate).
     Fusion(Tensor),
 }
 
@@ -588,7 +588,9 @@ impl Env {
         let n = self.sim.item_count() as i64;
         let state = self.user_state();
         let slate = match (action, self.cfg.level) {
-            (Action::Slate(s), Level::Request | Level::WholeSession) => {
+            // Cross session too: a slate is shown as given (for agents that
+            // generate lists, such as DT4IER).
+            (Action::Slate(s), _) => {
                 if s.size() != [b, k] {
                     return Err(format!("the action is a slate of shape {:?}; this environment takes [{b}, {k}] (batch, slate) item ids", s.size()));
                 }
@@ -607,7 +609,6 @@ impl Env {
                 let score = p.matmul(&w.to_device(self.sim.device).to_kind(Kind::Float).unsqueeze(-1)).squeeze_dim(-1);
                 score.topk(k.min(n), -1, true, true).1 + 1
             }
-            (Action::Slate(_), Level::CrossSession) => return Err("the cross-session environment takes fusion weights ([batch, 7]), not a slate".into()),
             (Action::Fusion(_), _) => return Err("this environment takes a slate of item ids ([batch, slate]), not fusion weights".into()),
         };
         let k = slate.size()[1];

@@ -398,7 +398,7 @@ impl Algorithm for Gfn {
                 let lf = self.log_flow(&self.user_state(&f));
                 sum += lf.sum(Kind::Float).double_value(&[]);
                 n += lf.size()[0] as usize;
-                self.mean(&f)
+                Action::Fusion(self.mean(&f))
             })
         })
         .map_err(|e| WorkerError::algo(NAME, e))?;
