@@ -352,10 +352,9 @@ impl Dt4ier {
         // Every rank generates the same trajectories (a seed of the job's).
         let trajs = generate(&sim, &job.env, job.episodes, job.state_len, splitmix(ctx.seed ^ 0xD7)).map_err(|e| WorkerError::algo(NAME, e))?;
         let (mut train, mut test) = (Vec::new(), Vec::new());
-        for (i, t) in trajs.into_iter().enumerate() {
+        for t in trajs {
             // Split by user: a user's episodes stay together.
             let u = unit(splitmix(ctx.seed ^ 0x7E57 ^ splitmix(t.user as u64)));
-            let _ = i;
             if u < job.test_share {
                 test.push(t);
             } else {
