@@ -38,6 +38,14 @@ pub struct StepOutput {
     pub scalars: BTreeMap<String, f64>,
 }
 
+/// A VarStore's variables sorted by name: the rank-independent order
+/// [`Algorithm::parameters`] asks for.
+pub fn sorted_variables(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 pub trait Algorithm {
     /// Registry name, e.g. "recsys.mmoe".
     fn name(&self) -> &str;

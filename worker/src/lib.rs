@@ -26,7 +26,7 @@ pub mod signals;
 pub mod spec;
 pub mod train_loop;
 
-pub use algorithm::{Algorithm, StepContext, StepOutput};
+pub use algorithm::{sorted_variables, Algorithm, StepContext, StepOutput};
 pub use error::WorkerError;
 pub use registry::{parse_config, AlgorithmEntry, BuildContext, ConfigError};
 pub use spec::JobSpec;

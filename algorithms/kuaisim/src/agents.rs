@@ -109,6 +109,25 @@ impl Replay {
     }
 }
 
+/// An online agent's per-rank checkpoint state: its replay buffer and its
+/// environment.
+pub fn replay_env_state(replay: &Replay, env: &Env) -> Vec<(String, Tensor)> {
+    let mut v = replay.to_named();
+    v.extend(env.to_named());
+    v
+}
+
+/// Takes back what [`replay_env_state`] wrote (nothing to do for a run that
+/// saved none).
+pub fn load_replay_env_state(replay: &mut Replay, env: &mut Env, state: Vec<(String, Tensor)>) -> Result<(), String> {
+    if state.is_empty() {
+        return Ok(());
+    }
+    let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+    replay.load(&map)?;
+    env.load(&map)
+}
+
 /// An MLP with ReLU between layers (`dims`: input, hidden..., output).
 pub fn mlp(p: &nn::Path, dims: &[i64]) -> nn::Sequential {
     let mut s = nn::seq();
@@ -517,9 +536,7 @@ impl Algorithm for ActorCritic {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        kiln_worker::sorted_variables(&self.vs)
     }
 
     fn lr_scales(&self) -> Vec<(String, f64)> {
@@ -689,18 +706,11 @@ impl Algorithm for ActorCritic {
     }
 
     fn rank_state(&self) -> Vec<(String, Tensor)> {
-        let mut v = self.replay.to_named();
-        v.extend(self.env.to_named());
-        v
+        replay_env_state(&self.replay, &self.env)
     }
 
     fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
-        if state.is_empty() {
-            return Ok(());
-        }
-        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
-        self.replay.load(&map).map_err(|e| WorkerError::algo(self.name, e))?;
-        self.env.load(&map).map_err(|e| WorkerError::algo(self.name, e))
+        load_replay_env_state(&mut self.replay, &mut self.env, state).map_err(|e| WorkerError::algo(self.name, e))
     }
 }
 
@@ -1102,9 +1112,7 @@ impl Algorithm for Cf {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        kiln_worker::sorted_variables(&self.vs)
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {

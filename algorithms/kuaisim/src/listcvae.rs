@@ -27,7 +27,7 @@
 //! minibatches of it; the buffer and environment are per-rank checkpoint
 //! state.
 
-use crate::agents::{buffer, counter_gaussian, counter_uniform, epsilon, eval_users, gather_request, mlp, play_request, request, start, Replay};
+use crate::agents::{buffer, counter_gaussian, counter_uniform, epsilon, eval_users, gather_request, load_replay_env_state, mlp, play_request, replay_env_state, request, start, Replay};
 use crate::env::{Action, Env, EnvConfig, Level, Simulator};
 use kiln_worker::rng::splitmix;
 use kiln_worker::{parse_config, Algorithm, BuildContext, ConfigError, StepContext, StepOutput, WorkerError};
@@ -274,9 +274,7 @@ impl Algorithm for ListCvae {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        kiln_worker::sorted_variables(&self.vs)
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
@@ -321,18 +319,11 @@ impl Algorithm for ListCvae {
     }
 
     fn rank_state(&self) -> Vec<(String, Tensor)> {
-        let mut v = self.replay.to_named();
-        v.extend(self.env.to_named());
-        v
+        replay_env_state(&self.replay, &self.env)
     }
 
     fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
-        if state.is_empty() {
-            return Ok(());
-        }
-        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
-        self.replay.load(&map).map_err(|e| WorkerError::algo(NAME, e))?;
-        self.env.load(&map).map_err(|e| WorkerError::algo(NAME, e))
+        load_replay_env_state(&mut self.replay, &mut self.env, state).map_err(|e| WorkerError::algo(NAME, e))
     }
 }
 

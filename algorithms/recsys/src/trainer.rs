@@ -184,9 +184,7 @@ impl Algorithm for RecsysTrainer {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        kiln_worker::sorted_variables(&self.vs)
     }
 
     fn sparse_parameters(&self) -> Vec<String> {

@@ -39,7 +39,7 @@
 //! environment are per-rank checkpoint state, so a resumed run continues
 //! exactly.
 
-use kiln_kuaisim::agents::{counter_gaussian, counter_uniform, gather_cross, mlp, play_cross_with, Replay};
+use kiln_kuaisim::agents::{counter_gaussian, counter_uniform, gather_cross, load_replay_env_state, mlp, play_cross_with, replay_env_state, Replay};
 use kiln_kuaisim::env::{Action, Env, EnvConfig, Level, Simulator};
 use kiln_kuaisim::layers::{causal_mask, EncoderLayer};
 use kiln_kuaisim::NB;
@@ -328,9 +328,7 @@ impl Algorithm for Gfn {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        kiln_worker::sorted_variables(&self.vs)
     }
 
     fn lr_scales(&self) -> Vec<(String, f64)> {
@@ -414,18 +412,11 @@ impl Algorithm for Gfn {
     }
 
     fn rank_state(&self) -> Vec<(String, Tensor)> {
-        let mut v = self.replay.to_named();
-        v.extend(self.env.to_named());
-        v
+        replay_env_state(&self.replay, &self.env)
     }
 
     fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
-        if state.is_empty() {
-            return Ok(());
-        }
-        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
-        self.replay.load(&map).map_err(|e| WorkerError::algo(NAME, e))?;
-        self.env.load(&map).map_err(|e| WorkerError::algo(NAME, e))
+        load_replay_env_state(&mut self.replay, &mut self.env, state).map_err(|e| WorkerError::algo(NAME, e))
     }
 }
 

@@ -135,9 +135,7 @@ impl Qwen2 {
 
     /// Parameters with their Hugging Face names, sorted by name.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        kiln_worker::sorted_variables(&self.vs)
     }
 
     /// Logits `[batch, new, vocab]` for `ids` `[batch, new]` at `positions`
