@@ -10,16 +10,23 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// A `retention.gfn4retention` job against the simulator `sim`.
-fn gfn_job(dir: &Path, sim: &Path, name: &str, steps: u64, every: u64) -> std::path::PathBuf {
+/// A job of `algo` against the simulator `sim` in the cumulative-influence
+/// cross-session environment (8 users per rank); `head` holds the train
+/// settings that differ, `keys` the algorithm's own.
+fn job(dir: &Path, sim: &Path, name: &str, steps: u64, every: u64, head: &str, algo: &str, keys: &str) -> std::path::PathBuf {
     let text = format!(
-        "name = \"{name}\"\n[checkpoint]\nstore = \"{}\"\nevery = {every}\nkeep = 10\n[train]\nsteps = {steps}\nseed = 5\nglobal_batch = 16\nlog_every = 50\neval_every = {steps}\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.001\nweight_decay = 0.0\n[algorithm]\nname = \"retention.gfn4retention\"\nsimulator = \"{}\"\nstart_steps = 60\nbuffer = 20000\nhidden = [64]\nactor_lr_scale = 1.0\nnoise = 0.3\neval_users = 128\n[algorithm.env]\nlevel = \"cross-session\"\nbatch = 8\n[algorithm.env.retention]\nmodel = \"cumulative\"\n",
+        "name = \"{name}\"\n[checkpoint]\nstore = \"{}\"\nevery = {every}\nkeep = 10\n[train]\nsteps = {steps}\nseed = 5\neval_every = {steps}\n{head}\n[algorithm]\nname = \"{algo}\"\nsimulator = \"{}\"\n{keys}\n[algorithm.env]\nlevel = \"cross-session\"\nbatch = 8\n[algorithm.env.retention]\nmodel = \"cumulative\"\n",
         dir.join("store").display(),
         sim.display()
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn gfn_job(dir: &Path, sim: &Path, name: &str, steps: u64, every: u64) -> std::path::PathBuf {
+    let head = "global_batch = 16\nlog_every = 50\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.001\nweight_decay = 0.0";
+    job(dir, sim, name, steps, every, head, "retention.gfn4retention", "start_steps = 60\nbuffer = 20000\nhidden = [64]\nactor_lr_scale = 1.0\nnoise = 0.3\neval_users = 128")
 }
 
 #[test]
@@ -61,16 +68,9 @@ fn gfn4retention_trains_on_two_ranks_beats_random_weights_and_resumes_exactly() 
     assert!(d <= 1e-6, "the resumed GFN4Retention differs by {d}");
 }
 
-/// A `retention.dt4ier` job against the simulator `sim`.
 fn dt_job(dir: &Path, sim: &Path, name: &str, steps: u64, every: u64) -> std::path::PathBuf {
-    let text = format!(
-        "name = \"{name}\"\n[checkpoint]\nstore = \"{}\"\nevery = {every}\nkeep = 10\n[train]\nsteps = {steps}\nseed = 5\nglobal_batch = 32\nlog_every = 20\neval_every = {steps}\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.003\nweight_decay = 0.0\n[algorithm]\nname = \"retention.dt4ier\"\nsimulator = \"{}\"\nepisodes = 64\ncontext = 5\nwidth = 32\neval_users = 8\n[algorithm.env]\nlevel = \"cross-session\"\nbatch = 8\n[algorithm.env.retention]\nmodel = \"cumulative\"\n",
-        dir.join("store").display(),
-        sim.display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    let head = "global_batch = 32\nlog_every = 20\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.003\nweight_decay = 0.0";
+    job(dir, sim, name, steps, every, head, "retention.dt4ier", "episodes = 64\ncontext = 5\nwidth = 32\neval_users = 8")
 }
 
 #[test]

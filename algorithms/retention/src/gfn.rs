@@ -283,9 +283,14 @@ impl Gfn {
 
     /// The environment's users as agent states `[B, 3e + H·9]`.
     fn features(env: &Env) -> Tensor {
+        Self::features_with(env, &env.user_state())
+    }
+
+    /// [`Gfn::features`] with the users' state already at hand (a step returns it).
+    fn features_with(env: &Env, user_state: &Tensor) -> Tensor {
         let o = env.observation();
         let b = o.history.size()[0];
-        Tensor::cat(&[env.user_state(), o.history.to_kind(Kind::Float), o.history_response.view([b, -1]), o.real.to_kind(Kind::Float)], 1)
+        Tensor::cat(&[user_state.shallow_clone(), o.history.to_kind(Kind::Float), o.history_response.view([b, -1]), o.real.to_kind(Kind::Float)], 1)
     }
 
     /// The user state part `[B, 3e]` of agent states.
@@ -347,7 +352,9 @@ impl Algorithm for Gfn {
             }
         });
         let out = self.env.step(&Action::Fusion(a.shallow_clone())).map_err(|e| WorkerError::algo(NAME, e))?;
-        let f2 = Self::features(&self.env);
+        // The step's user state is the environment's now (no user is replaced
+        // mid-episode at this level): not computed again.
+        let f2 = Self::features_with(&self.env, &out.user_state);
         let days: Vec<f32> = out.return_day.iter().map(|&d| d as f32).collect();
         let days = Tensor::from_slice(&days).to_device(self.device);
         let ends = days.gt(0.0).to_kind(Kind::Float);
