@@ -5,7 +5,7 @@ use kiln_worker::AlgorithmEntry;
 
 /// Every trainer this build knows, in listing order.
 pub fn entries() -> Vec<&'static AlgorithmEntry> {
-    kiln_recsys::ENTRIES.iter().chain(kiln_ghpo::ENTRIES).chain(kiln_kindle::ENTRIES).chain(kiln_kuaisim::ENTRIES).chain(kiln_kuaisim::AGENTS).chain(kiln_retention::ENTRIES).collect()
+    kiln_recsys::ENTRIES.iter().chain(kiln_ghpo::ENTRIES).chain(kiln_kindle::ENTRIES).chain(kiln_kuaisim::ENTRIES).chain(kiln_kuaisim::AGENTS).chain(kiln_retention::ENTRIES).chain(kiln_metric::ENTRIES).collect()
 }
 
 /// Finds a trainer, or says which ones exist.
