@@ -180,26 +180,15 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     // Killed and resumed, ListCVAE's replay buffer (its condition's scale too)
     // and environment come back: it ends where an uninterrupted run does.
     let short = std::fs::read_to_string(&lc).unwrap().replace("steps = 1000", "steps = 100").replace("eval_every = 1000", "eval_every = 100").replace("every = 0", "every = 30");
-    for (name, kill) in [("lc-full", None), ("lc-killed", Some("kill-rank:0:after-step:70"))] {
+    let d = resume_gap(dir.path(), "lc", 2, "kill-rank:0:after-step:70", 100, |name| {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, short.replace("name = \"listcvae\"", &format!("name = \"{name}\""))).unwrap();
-        match kill {
-            None => assert!(kiln_run(dir.path(), &path, 2, &[]).status.success()),
-            Some(f) => kill_then_resume(dir.path(), &path, 2, f),
-        }
-    }
-    let d = max_diff(&params(dir.path(), "lc-killed", 100), &params(dir.path(), "lc-full", 100));
+        path
+    });
     assert!(d <= 1e-6, "the resumed ListCVAE differs by {d}");
     // Killed after step 70 and resumed from 60: replay buffers, environments
     // and target networks come back, so the run ends where an uninterrupted one does.
-    for (name, kill) in [("ddpg-full", None), ("ddpg-killed", Some("kill-rank:1:after-step:70"))] {
-        let spec = agent_job(dir.path(), &sim, name, "kuaisim.ddpg", 100, 30);
-        match kill {
-            None => assert!(kiln_run(dir.path(), &spec, 2, &[]).status.success()),
-            Some(f) => kill_then_resume(dir.path(), &spec, 2, f),
-        }
-    }
-    let d = max_diff(&params(dir.path(), "ddpg-killed", 100), &params(dir.path(), "ddpg-full", 100));
+    let d = resume_gap(dir.path(), "ddpg", 2, "kill-rank:1:after-step:70", 100, |name| agent_job(dir.path(), &sim, name, "kuaisim.ddpg", 100, 30));
     assert!(d <= 1e-6, "the resumed agent differs by {d}");
 }
 

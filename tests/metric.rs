@@ -47,14 +47,7 @@ fn a_learned_bregman_divergence_trains_on_two_ranks_and_a_proxy_job_resumes_exac
     // The NPY pair and a class holdout; killed after step 40 and resumed from 20.
     let npy = format!("npy_features = \"{}\"\nnpy_labels = \"{}\"", dir.path().join("digits-x.npy").display(), dir.path().join("digits-y.npy").display());
     let algo = "divergence = \"bregman\"\nloss = \"proxy\"\nproxy_lr_scale = 10.0";
-    for (name, kill) in [("proxy-full", None), ("proxy-killed", Some("kill-rank:1:after-step:40"))] {
-        let spec = job(dir.path(), name, 60, 20, &npy, algo);
-        match kill {
-            None => assert!(kiln_run(dir.path(), &spec, 2, &[]).status.success()),
-            Some(f) => kill_then_resume(dir.path(), &spec, 2, f),
-        }
-    }
-    let d = max_diff(&params(dir.path(), "proxy-killed", 60), &params(dir.path(), "proxy-full", 60));
+    let d = resume_gap(dir.path(), "proxy", 2, "kill-rank:1:after-step:40", 60, |name| job(dir.path(), name, 60, 20, &npy, algo));
     assert!(d <= 1e-6, "the resumed proxy job differs by {d}");
     assert_eq!(final_eval(dir.path(), "proxy-killed"), final_eval(dir.path(), "proxy-full"));
 }

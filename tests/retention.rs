@@ -57,14 +57,7 @@ fn gfn4retention_trains_on_two_ranks_beats_random_weights_and_resumes_exactly() 
     let logged: Vec<serde_json::Value> = metrics.lines().filter(|l| l.contains("\"balance\"")).map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!logged.is_empty() && logged.iter().all(|m| m["balance"].as_f64().is_some_and(f64::is_finite) && m["log_flow"].as_f64().is_some_and(f64::is_finite)));
     // Killed after step 70 and resumed from 60: ends where an uninterrupted run does.
-    for (name, kill) in [("gfn-full", None), ("gfn-killed", Some("kill-rank:1:after-step:70"))] {
-        let spec = gfn_job(dir.path(), &sim, name, 100, 30);
-        match kill {
-            None => assert!(kiln_run(dir.path(), &spec, 2, &[]).status.success()),
-            Some(f) => kill_then_resume(dir.path(), &spec, 2, f),
-        }
-    }
-    let d = max_diff(&params(dir.path(), "gfn-killed", 100), &params(dir.path(), "gfn-full", 100));
+    let d = resume_gap(dir.path(), "gfn", 2, "kill-rank:1:after-step:70", 100, |name| gfn_job(dir.path(), &sim, name, 100, 30));
     assert!(d <= 1e-6, "the resumed GFN4Retention differs by {d}");
 }
 
@@ -92,13 +85,6 @@ fn dt4ier_trains_on_two_ranks_reports_list_and_playback_metrics_and_resumes_exac
     let ce: Vec<f64> = metrics.lines().filter(|l| l.contains("\"ce\"")).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["ce"].as_f64().unwrap()).collect();
     assert!(ce.len() >= 2 && ce[ce.len() - 1] < ce[0], "the list loss does not fall: {ce:?}");
     // Killed after step 30 and resumed from 20: ends where an uninterrupted run does.
-    for (name, kill) in [("dt-full", None), ("dt-killed", Some("kill-rank:1:after-step:30"))] {
-        let spec = dt_job(dir.path(), &sim, name, 40, 20);
-        match kill {
-            None => assert!(kiln_run(dir.path(), &spec, 2, &[]).status.success()),
-            Some(f) => kill_then_resume(dir.path(), &spec, 2, f),
-        }
-    }
-    let d = max_diff(&params(dir.path(), "dt-killed", 40), &params(dir.path(), "dt-full", 40));
+    let d = resume_gap(dir.path(), "dt", 2, "kill-rank:1:after-step:30", 40, |name| dt_job(dir.path(), &sim, name, 40, 20));
     assert!(d <= 1e-6, "the resumed DT4IER differs by {d}");
 }

@@ -106,6 +106,18 @@ pub fn kill_then_resume(dir: &Path, spec: &Path, ranks: usize, fault: &str) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Runs the job `spec(name)` as `<stem>-full`, uninterrupted, and as
+/// `<stem>-killed`, under `fault` until it fails and then resumed, both on
+/// `ranks` ranks; returns the largest difference between their parameters
+/// at `step` (0 when the resumed run continued the exact trajectory).
+pub fn resume_gap(dir: &Path, stem: &str, ranks: usize, fault: &str, step: u64, spec: impl Fn(&str) -> PathBuf) -> f64 {
+    let (full, killed) = (format!("{stem}-full"), format!("{stem}-killed"));
+    let out = kiln_run(dir, &spec(&full), ranks, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    kill_then_resume(dir, &spec(&killed), ranks, fault);
+    max_diff(&params(dir, &killed, step), &params(dir, &full, step))
+}
+
 /// `final_eval` of run `name`'s `runs/<name>/summary.json` under `dir`.
 pub fn final_eval(dir: &Path, name: &str) -> serde_json::Value {
     let path = dir.join("runs").join(name).join("summary.json");
