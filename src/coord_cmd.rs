@@ -124,11 +124,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<i32> {
     );
     let served = rt.block_on(async {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
+            crate::stop_signal().await;
             tracing::info!("shutting down; running attempts continue and are picked up at the next start");
         };
         kiln_coordinator::serve(c.clone(), listener, shutdown).await.context("serving the API")

@@ -11,9 +11,11 @@ mod coord_cmd;
 mod export_cmd;
 mod grn_cmd;
 mod kuaisim_cmd;
+mod llmsim_cmd;
 mod registry;
 mod report;
 mod run;
+mod serve_cmd;
 mod slurm_cmd;
 mod sweep_cmd;
 mod worker_cmd;
@@ -65,6 +67,11 @@ enum Command {
     /// KuaiSim: synthetic KuaiRand-layout logs from a known user model.
     #[command(subcommand)]
     Kuaisim(kuaisim_cmd::KuaisimCommand),
+    /// The LLM-powered user simulator: item analysis through an OpenAI-compatible endpoint.
+    #[command(subcommand)]
+    Llmsim(llmsim_cmd::LlmsimCommand),
+    /// Serve a model (a Hugging Face Qwen2 folder) on the OpenAI-compatible chat-completions API.
+    Serve(serve_cmd::ServeArgs),
     /// SLURM without a coordinator: render or submit a job's sbatch script.
     #[command(subcommand)]
     Slurm(slurm_cmd::SlurmCommand),
@@ -83,6 +90,16 @@ enum Command {
     /// Run a local attempt and record its exit status (started by the coordinator).
     #[command(hide = true)]
     Supervise(coord_cmd::SuperviseArgs),
+}
+
+/// Resolves at the first SIGINT or SIGTERM: when a server command
+/// (`kiln coordinator`, `kiln serve`) shuts down gracefully.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -135,6 +152,8 @@ fn dispatch(command: Command, format: LogFormat) -> Result<i32> {
         Command::Export(a) => export_cmd::export(a),
         Command::Grn(c) => grn_cmd::grn(c),
         Command::Kuaisim(c) => kuaisim_cmd::kuaisim(c),
+        Command::Llmsim(c) => llmsim_cmd::llmsim(c),
+        Command::Serve(a) => serve_cmd::serve(a),
         Command::Sweep(a) => sweep_cmd::sweep(a),
         Command::Bench(b) => bench::bench(b),
         Command::Slurm(c) => slurm_cmd::slurm(c),
