@@ -13,6 +13,20 @@ use std::path::PathBuf;
 pub enum LlmsimCommand {
     /// Analyse items' reviews into pros, cons, keywords and a category.
     Analyse(AnalyseArgs),
+    /// Write a small review world (interactions.csv, reviews.jsonl) with known tastes.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 400)]
+    pub users: usize,
+    #[arg(long, default_value_t = 120)]
+    pub items: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Args)]
@@ -58,6 +72,15 @@ pub struct AnalyseArgs {
 pub fn llmsim(c: LlmsimCommand) -> Result<i32> {
     match c {
         LlmsimCommand::Analyse(a) => analyse(a),
+        LlmsimCommand::Synth(a) => {
+            if a.users == 0 || a.items == 0 {
+                bail!("--users and --items must be at least 1");
+            }
+            let world = kiln_recsys::llmsim::synth::World { users: a.users, items: a.items, seed: a.seed };
+            let (log, reviews) = kiln_recsys::llmsim::synth::write(&world, &a.out).with_context(|| format!("writing into {}", a.out.display()))?;
+            println!("wrote {log} interactions to {} and {reviews} reviews to {}", a.out.join("interactions.csv").display(), a.out.join("reviews.jsonl").display());
+            Ok(0)
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 
 pub mod agents;
 pub mod env;
-pub mod layers;
+/// The Transformer pieces live in kiln-recsys (its SASRec uses them too).
+pub use kiln_recsys::layers;
 pub mod listcvae;
 pub mod log;
 pub mod response;

@@ -17,6 +17,7 @@ pub mod autoassign;
 pub mod batch;
 pub mod config;
 pub mod data;
+pub mod layers;
 pub mod llmsim;
 pub mod metrics;
 pub mod models;

@@ -35,6 +35,7 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
     entry!("recsys.star", Arch::Star, "STAR multi-domain CTR model (star-topology layers, partitioned normalisation, auxiliary domain network)"),
     entry!("recsys.m3oe", Arch::M3oe, "M3oE multi-domain multi-task model (shared / domain / task experts, two-level fusion, structure search)"),
     crate::autoassign::job::ENTRY,
+    crate::llmsim::sasrec::ENTRY,
 ];
 
 fn validate(v: &toml::Value) -> Result<(), kiln_worker::ConfigError> {

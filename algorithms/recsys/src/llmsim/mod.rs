@@ -11,11 +11,15 @@
 //! local BERT-family model ([`embed`]), and the voters' decision rules with
 //! their 2-of-3 ensemble ([`voters`]). `kiln serve` serves a
 //! model of the GHPO crate over the same API, and `kiln llmsim analyse`
-//! runs the pipeline. The SASRec voter, the environment and
+//! runs the pipeline. The statistical voter, SASRec, trains as the job
+//! `llmsim.sasrec` ([`sasrec`]) on interactions such as those of the small
+//! review world [`synth`] writes (`kiln llmsim synth`). The environment and
 //! its agents are not written yet.
 
 pub mod analysis;
 pub mod client;
 pub mod embed;
 pub mod pipeline;
+pub mod sasrec;
+pub mod synth;
 pub mod voters;
