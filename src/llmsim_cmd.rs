@@ -146,19 +146,8 @@ fn analyse(a: AnalyseArgs) -> Result<i32> {
 }
 
 fn evaluate(a: EvaluateArgs) -> Result<i32> {
-    use kiln_recsys::llmsim::{analysis::ItemAnalysis, embed::SentenceEncoder, evaluate::SasrecVoter};
-    let text = std::fs::read_to_string(&a.analysis).with_context(|| format!("reading {}", a.analysis.display()))?;
-    let mut analyses = std::collections::HashMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let mut v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: line {}", a.analysis.display(), i + 1))?;
-        let id = v.get("item_id").and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| anyhow!("{}: line {}: no item_id", a.analysis.display(), i + 1))?;
-        if let Some(o) = v.as_object_mut() {
-            o.remove("item_id");
-            o.remove("source");
-        }
-        let item: ItemAnalysis = serde_json::from_value(v).with_context(|| format!("{}: line {}: not an item analysis", a.analysis.display(), i + 1))?;
-        analyses.insert(id, item);
-    }
+    use kiln_recsys::llmsim::{embed::SentenceEncoder, evaluate::SasrecVoter};
+    let analyses = kiln_recsys::llmsim::analysis::read_analyses(&a.analysis).map_err(|e| anyhow!(e))?;
     let encoder = match &a.embedder {
         Some(d) => Some(SentenceEncoder::load(d, tch::Device::Cpu).map_err(|e| anyhow!(e))?),
         None => None,

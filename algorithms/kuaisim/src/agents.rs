@@ -109,6 +109,39 @@ impl Replay {
     }
 }
 
+/// `f`'s result with `weights` (name → tensor, a target network) swapped
+/// into `vs` for its duration, without gradients. Swap before building any
+/// graph that must be differentiated: the swap changes the live weights in place.
+pub fn with_weights<T>(vs: &nn::VarStore, weights: &[(String, Tensor)], f: impl FnOnce() -> T) -> T {
+    let _g = tch::no_grad_guard();
+    let vars = vs.variables();
+    let live: Vec<(Tensor, Tensor)> = weights.iter().filter_map(|(n, t)| vars.get(n).map(|v| (v.shallow_clone(), t.shallow_clone()))).collect();
+    let saved: Vec<Tensor> = live.iter().map(|(v, _)| v.copy()).collect();
+    for (v, t) in &live {
+        v.shallow_clone().copy_(t);
+    }
+    let out = f();
+    for ((v, _), s) in live.iter().zip(&saved) {
+        v.shallow_clone().copy_(s);
+    }
+    out
+}
+
+/// A target network as checkpoint state (`target.<name>`).
+pub fn targets_state(targets: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    targets.iter().map(|(n, t)| (format!("target.{n}"), t.copy())).collect()
+}
+
+/// Takes back what [`targets_state`] wrote.
+pub fn load_targets(targets: &mut [(String, Tensor)], state: Vec<(String, Tensor)>, device: Device) -> Result<(), String> {
+    let map: BTreeMap<String, Tensor> = state.into_iter().collect();
+    for (n, t) in targets.iter_mut() {
+        let saved = map.get(&format!("target.{n}")).ok_or_else(|| format!("the checkpoint has no target network tensor {n}"))?;
+        *t = saved.to_device(device);
+    }
+    Ok(())
+}
+
 /// An online agent's per-rank checkpoint state: its replay buffer and its
 /// environment.
 pub fn replay_env_state(replay: &Replay, env: &Env) -> Vec<(String, Tensor)> {
@@ -491,18 +524,7 @@ impl ActorCritic {
 
     /// A network's output with the target weights swapped in.
     fn with_targets<T>(&self, f: impl FnOnce(&Self) -> T) -> T {
-        let _g = tch::no_grad_guard();
-        let vars = self.vs.variables();
-        let live: Vec<(Tensor, Tensor)> = self.targets.iter().filter_map(|(n, t)| vars.get(n).map(|v| (v.shallow_clone(), t.shallow_clone()))).collect();
-        let saved: Vec<Tensor> = live.iter().map(|(v, _)| v.copy()).collect();
-        for (v, t) in &live {
-            v.shallow_clone().copy_(t);
-        }
-        let out = f(self);
-        for ((v, _), s) in live.iter().zip(&saved) {
-            v.shallow_clone().copy_(s);
-        }
-        out
+        with_weights(&self.vs, &self.targets, || f(self))
     }
 
     fn uniform(&self, tag: u64, step: u64, n: usize) -> Tensor {
@@ -693,16 +715,11 @@ impl Algorithm for ActorCritic {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.targets.iter().map(|(n, t)| (format!("target.{n}"), t.copy())).collect()
+        targets_state(&self.targets)
     }
 
     fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
-        let map: BTreeMap<String, Tensor> = state.into_iter().collect();
-        for (n, t) in &mut self.targets {
-            let saved = map.get(&format!("target.{n}")).ok_or_else(|| WorkerError::algo(self.name, format!("the checkpoint has no target network tensor {n}")))?;
-            *t = saved.to_device(self.device);
-        }
-        Ok(())
+        load_targets(&mut self.targets, state, self.device).map_err(|e| WorkerError::algo(self.name, e))
     }
 
     fn rank_state(&self) -> Vec<(String, Tensor)> {

@@ -5,18 +5,22 @@
 //! model ([`synth`]), the immediate multi-behaviour user response model
 //! ([`response`], built from the small Transformer pieces in [`layers`]), the
 //! learned return-day model ([`retention`]), the batched environments of the
-//! three levels ([`env`]), the agents trained against them ([`agents`]) and
-//! the trainer that implements `kiln_worker::Algorithm` for it ([`trainer`]).
+//! three levels ([`env`]), the agents trained against them ([`agents`]),
+//! the LLM-powered user simulator of `kiln_recsys::llmsim` as an
+//! environment ([`llm_env`]) with its DQN agent ([`dqn`]), and the trainer
+//! that implements `kiln_worker::Algorithm` for it ([`trainer`]).
 //! Its [`ENTRIES`] are what the `kiln` registry lists.
 //!
 //! It must not launch processes, sync gradients or write checkpoints: the
 //! worker's training loop does that for every algorithm.
 
 pub mod agents;
+pub mod dqn;
 pub mod env;
 /// The Transformer pieces live in kiln-recsys (its SASRec uses them too).
 pub use kiln_recsys::layers;
 pub mod listcvae;
+pub mod llm_env;
 pub mod log;
 pub mod response;
 pub mod retention;

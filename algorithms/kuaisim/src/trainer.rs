@@ -28,6 +28,7 @@ pub const ENTRIES: &[AlgorithmEntry] = &[
         validate: crate::retention::validate,
         build: crate::retention::build,
     },
+    crate::dqn::ENTRY,
 ];
 
 /// The `[algorithm]` table of `kuaisim.response` jobs.

@@ -61,6 +61,24 @@ pub fn parse_answer(content: &str) -> Result<ItemAnalysis, String> {
     Ok(a)
 }
 
+/// Analyses by item id from JSON lines as `kiln llmsim analyse` writes
+/// them (`item_id`, the five fields, and `source`, which is ignored).
+pub fn read_analyses(path: &std::path::Path) -> Result<std::collections::HashMap<String, ItemAnalysis>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = |m: String| format!("{}: line {}: {m}", path.display(), i + 1);
+        let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
+        let id = v.get("item_id").and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| at("no item_id".into()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("item_id");
+            o.remove("source");
+        }
+        out.insert(id, serde_json::from_value(v).map_err(|e| at(format!("not an item analysis: {e}")))?);
+    }
+    Ok(out)
+}
+
 const STOP: &[&str] = &[
     "the", "and", "for", "was", "were", "are", "but", "not", "with", "this", "that", "they", "them", "their", "there", "have", "has", "had", "you", "your", "our", "out", "all", "any", "can", "too", "very", "just", "its", "it's", "from", "about", "what", "when", "which", "who", "will", "would", "could", "should", "been", "than", "then", "also", "only", "one", "get", "got", "here", "some", "more", "much", "so", "again", "did", "does", "don't", "didn't", "i'm", "we", "i", "my", "me", "is", "it", "of", "to", "in", "on", "at", "a", "an", "be", "as", "or", "if", "no", "by", "place", "really", "even", "like", "back", "time", "came", "come", "went", "go", "make", "made", "way", "because", "into", "over", "after", "before", "while", "other", "these", "those",
 ];
