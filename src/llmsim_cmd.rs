@@ -157,7 +157,7 @@ fn evaluate(a: EvaluateArgs) -> Result<i32> {
         None => None,
     };
     let job: kiln_recsys::llmsim::sasrec::SasrecJob = serde_json::from_value(serde_json::json!({ "interactions": a.interactions, "positive_at": a.positive_at })).map_err(|e| anyhow!(e))?;
-    let m = kiln_recsys::llmsim::evaluate::evaluate(&job, &analyses, encoder.as_ref(), sasrec.as_ref(), a.seed).map_err(|e| anyhow!(e))?;
+    let m = kiln_recsys::llmsim::evaluate::evaluate(&job, &analyses, encoder.as_ref(), sasrec, a.seed).map_err(|e| anyhow!(e))?;
     println!("{}", serde_json::to_string_pretty(&m)?);
     Ok(0)
 }

@@ -27,6 +27,27 @@ pub struct StepContext<'a> {
     pub comm: &'a dyn Communicator,
 }
 
+impl StepContext<'_> {
+    /// This rank's samples in one micro-step of a step of `global_batch`.
+    pub fn per_rank(&self, global_batch: usize) -> usize {
+        global_batch / (self.world_size * self.micro_steps)
+    }
+
+    /// Where this rank's micro-batch starts among its step's `global_batch`
+    /// samples: micro-step-major, then rank, so every rank and micro-step
+    /// takes its own slice and the slices cover the step.
+    pub fn rank_offset(&self, global_batch: usize) -> u64 {
+        ((self.micro_step * self.world_size + self.rank) * self.per_rank(global_batch)) as u64
+    }
+
+    /// Where this rank's micro-batch starts in a stream that gives each step
+    /// `global_batch` samples in order (step k's from k × `global_batch`):
+    /// the same sample positions at any world size and after any resume.
+    pub fn first_sample(&self, global_batch: usize) -> u64 {
+        self.step * global_batch as u64 + self.rank_offset(global_batch)
+    }
+}
+
 /// What a training micro-step reports.
 #[derive(Debug, Clone, Default)]
 pub struct StepOutput {

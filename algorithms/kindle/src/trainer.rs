@@ -649,10 +649,10 @@ impl Algorithm for KindleTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
+        let per = ctx.per_rank(self.global_batch);
         let base = ctx.step * self.global_batch as u64;
         let all = self.samples(base, self.global_batch, ctx.seed);
-        let first = (ctx.micro_step * ctx.world_size + ctx.rank) * per;
+        let first = ctx.rank_offset(self.global_batch) as usize;
         let mine = &all[first..first + per];
         let (x, y) = self.batch(mine, ctx.device);
         // The masked MSE is a mean over the non-zero targets of the whole step,

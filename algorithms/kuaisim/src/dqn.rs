@@ -137,7 +137,7 @@ impl DqnTrainer {
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
-        let user = nn::embedding(&root / "user", world.data.users.len() as i64, job.item_dim as i64, Default::default());
+        let user = nn::embedding(&root / "user", world.users() as i64, job.item_dim as i64, Default::default());
         let item = nn::embedding(&root / "item", world.items() as i64 + 1, job.item_dim as i64, Default::default());
         let mut dims = vec![((job.history + 1) * job.item_dim + job.history) as i64];
         dims.extend(job.hidden.iter().map(|&h| h as i64));
@@ -223,7 +223,7 @@ impl Algorithm for DqnTrainer {
             scalars.insert("engagement".into(), rewards.iter().sum::<f32>() as f64 / rewards.len().max(1) as f64);
             scalars.insert("epsilon".into(), epsilon);
         }
-        let per = (self.global_batch / (ctx.world_size * ctx.micro_steps)).max(1);
+        let per = ctx.per_rank(self.global_batch).max(1);
         let key = splitmix(self.seed ^ 0xD0 ^ splitmix(ctx.step * 64 + (ctx.micro_step * ctx.world_size + ctx.rank) as u64));
         let [s, a, r, s2, d] = self.replay.sample(per, key);
         // The target first: swapping the target weights in and out must not

@@ -12,11 +12,11 @@
 //! (batched users, item ids 1..=items, per-rank checkpoint state through
 //! `to_named`/`load`), so agents written for them carry over.
 
-use kiln_recsys::llmsim::analysis::{read_analyses, ItemAnalysis};
+use kiln_recsys::llmsim::analysis::read_analyses;
 use kiln_recsys::llmsim::embed::SentenceEncoder;
-use kiln_recsys::llmsim::evaluate::SasrecVoter;
-use kiln_recsys::llmsim::sasrec::{read, Interactions, SasrecJob};
-use kiln_recsys::llmsim::voters::{embedding_vote, ensemble, keyword_vote, model_vote, Seen};
+use kiln_recsys::llmsim::evaluate::{Panel, SasrecVoter};
+use kiln_recsys::llmsim::sasrec::{read, SasrecJob};
+use kiln_recsys::llmsim::voters::ensemble;
 use kiln_worker::rng::{splitmix, unit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,12 +46,7 @@ fn positive_at() -> f64 {
 
 /// The users, items and voters, shared by every environment of a process.
 pub struct World {
-    pub data: Interactions,
-    /// Per item (0-based): its analysis, if any.
-    analyses: Vec<Option<ItemAnalysis>>,
-    /// Per item: its pros and cons embeddings, if any.
-    embeddings: Vec<Option<(Vec<f32>, Vec<f32>)>>,
-    sasrec: Option<SasrecVoter>,
+    pub panel: Panel,
     /// Users with at least `start` interactions (those that can start an episode).
     starters: Vec<usize>,
 }
@@ -59,53 +54,33 @@ pub struct World {
 impl World {
     pub fn load(spec: &WorldSpec, start: usize) -> Result<World, String> {
         let job: SasrecJob = serde_json::from_value(serde_json::json!({ "interactions": spec.interactions, "positive_at": spec.positive_at })).map_err(|e| e.to_string())?;
-        let data = read(&job)?;
-        let by_name = read_analyses(&spec.analysis)?;
-        let analyses: Vec<Option<ItemAnalysis>> = data.item_names.iter().map(|n| by_name.get(n).cloned()).collect();
-        if analyses.iter().all(Option::is_none) {
+        let encoder = spec.embedder.as_ref().map(|dir| SentenceEncoder::load(dir, Device::Cpu).map_err(|e| e.to_string())).transpose()?;
+        let sasrec = spec.sasrec.as_ref().map(|d| SasrecVoter::load(d)).transpose()?;
+        let panel = Panel::new(read(&job)?, &read_analyses(&spec.analysis)?, encoder.as_ref(), sasrec)?;
+        if panel.analysed() == 0 {
             return Err(format!("{}: no analysis of any item in {} (are they of the same items?)", spec.analysis.display(), spec.interactions.display()));
         }
-        let embeddings = match &spec.embedder {
-            Some(dir) => {
-                let enc = SentenceEncoder::load(dir, Device::Cpu).map_err(|e| e.to_string())?;
-                let texts: Vec<&str> = analyses.iter().flat_map(|a| a.as_ref().map_or(["", ""], |a| [a.pros.as_str(), a.cons.as_str()])).collect();
-                let e = enc.embed(&texts, 64);
-                let d = e.size()[1] as usize;
-                let flat: Vec<f32> = Vec::try_from(e.reshape([-1])).map_err(|e: tch::TchError| e.to_string())?;
-                analyses.iter().enumerate().map(|(i, a)| a.as_ref().map(|_| (flat[2 * i * d..(2 * i + 1) * d].to_vec(), flat[(2 * i + 1) * d..(2 * i + 2) * d].to_vec()))).collect()
-            }
-            None => vec![None; analyses.len()],
-        };
-        let sasrec = spec.sasrec.as_ref().map(|d| SasrecVoter::load(d)).transpose()?;
-        let starters: Vec<usize> = (0..data.users.len()).filter(|&u| data.users[u].len() >= start).collect();
+        let users = &panel.data.users;
+        let starters: Vec<usize> = (0..users.len()).filter(|&u| users[u].len() >= start).collect();
         if starters.is_empty() {
             return Err(format!("{}: no user has {start} interactions to start from", spec.interactions.display()));
         }
-        Ok(World { data, analyses, embeddings, sasrec, starters })
+        Ok(World { panel, starters })
     }
 
     pub fn items(&self) -> usize {
-        self.data.items
+        self.panel.data.items
     }
 
-    /// The ensemble's verdict on `item` (1-based) for `user` after `history` ((item, liked) pairs).
+    pub fn users(&self) -> usize {
+        self.panel.data.users.len()
+    }
+
+    /// The ensemble's verdict on `item` (1-based) for `user` after `history`
+    /// ((item, liked) pairs); `coin` for an item without an analysis or a
+    /// user without history.
     pub fn engaged(&self, user: usize, history: &[(i64, f32)], item: i64, coin: bool) -> bool {
-        let idx = |i: i64| (i - 1) as usize;
-        let Some(cand) = self.analyses.get(idx(item)).and_then(Option::as_ref) else { return coin };
-        let seen: Vec<Seen> = history.iter().filter_map(|&(i, y)| self.analyses.get(idx(i)).and_then(Option::as_ref).map(|a| Seen { item: a, liked: y > 0.5 })).collect();
-        let kv = keyword_vote(cand, &seen).2;
-        let ev = match self.embeddings.get(idx(item)).and_then(Option::as_ref) {
-            Some((p, c)) => {
-                let hist: Vec<(&[f32], &[f32], bool)> = history.iter().filter_map(|&(i, y)| self.embeddings.get(idx(i)).and_then(Option::as_ref).map(|(a, b)| (a.as_slice(), b.as_slice(), y > 0.5))).collect();
-                embedding_vote(p, c, &hist).2
-            }
-            None => false,
-        };
-        let mv = self.sasrec.as_ref().and_then(|s| {
-            let names: Vec<&str> = history.iter().map(|&(i, _)| self.data.item_names[idx(i)].as_str()).collect();
-            s.probability(&self.data.user_names[user], &names, &self.data.item_names[idx(item)])
-        });
-        ensemble([kv, ev, mv.is_some_and(model_vote)], !history.is_empty(), coin)
+        self.panel.verdict(user, history, item).map_or(coin, |v| ensemble(v.votes, !history.is_empty(), coin))
     }
 }
 
@@ -173,7 +148,7 @@ impl LlmEnv {
         let u = s[(splitmix(self.seed ^ splitmix(self.drawn + 1)) % s.len() as u64) as usize];
         self.drawn += 1;
         self.user[k] = u;
-        self.history[k] = self.world.data.users[u][..self.cfg.start].to_vec();
+        self.history[k] = self.world.panel.data.users[u][..self.cfg.start].to_vec();
         self.steps[k] = 0;
     }
 

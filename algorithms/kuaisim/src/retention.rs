@@ -393,8 +393,8 @@ impl Algorithm for RetentionTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
-        let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
+        let per = ctx.per_rank(self.global_batch);
+        let start = ctx.first_sample(self.global_batch);
         let ks: Vec<usize> = self.stream.rows(start, per).into_iter().map(|i| self.train[i]).collect();
         let (enc, gap, real, labels) = self.batch(&ks);
         let logits = self.model.logits(&enc, &gap, &real, true);

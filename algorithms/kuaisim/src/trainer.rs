@@ -126,8 +126,8 @@ impl Algorithm for ResponseTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
-        let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
+        let per = ctx.per_rank(self.global_batch);
+        let start = ctx.first_sample(self.global_batch);
         let rows: Vec<usize> = self.stream.rows(start, per).into_iter().map(|k| self.train[k]).collect();
         let b = Batch::from_records(&self.logs, &rows, self.job.model.history, self.device);
         let logits = self.model.forward(&b, true);

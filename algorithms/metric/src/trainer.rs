@@ -353,7 +353,7 @@ impl Algorithm for MetricTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
+        let per = ctx.per_rank(self.global_batch);
         let rows = self.batch_rows(ctx, per);
         let labels: Vec<i64> = rows.iter().map(|&i| self.train_class[self.data.y[i]].unwrap_or(0) as i64).collect();
         let labels = Tensor::from_slice(&labels).to_device(self.device);

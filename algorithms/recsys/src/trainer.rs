@@ -203,8 +203,8 @@ impl Algorithm for RecsysTrainer {
                 scalars.insert((*name).to_string(), v);
             }
         }
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
-        let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
+        let per = ctx.per_rank(self.global_batch);
+        let start = ctx.first_sample(self.global_batch);
         let batch = self.data.train_batch(start, per, self.device);
         let out = self.model.forward(&batch);
         let per_sample = out.logits.f_binary_cross_entropy_with_logits::<Tensor>(&batch.labels, None, None, Reduction::None)?; // [n, T]

@@ -637,8 +637,8 @@ impl Algorithm for Dt4ier {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
-        let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
+        let per = ctx.per_rank(self.global_batch);
+        let start = ctx.first_sample(self.global_batch);
         let ends: Vec<(usize, usize)> = self.stream.rows(start, per).into_iter().map(|r| (r / self.steps_per_traj, r % self.steps_per_traj)).collect();
         let w = self.windows(&self.train, &ends);
         let (ce, contrastive, weight_loss) = self.losses(&w, true, ctx.step);

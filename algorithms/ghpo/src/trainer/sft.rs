@@ -109,9 +109,9 @@ impl Algorithm for SftTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
+        let per = ctx.per_rank(self.global_batch);
         let step_start = ctx.step * self.global_batch as u64;
-        let first = (ctx.micro_step * ctx.world_size + ctx.rank) * per;
+        let first = ctx.rank_offset(self.global_batch) as usize;
         let eos = self.policy.pad;
         // Every sample of the step as (token ids, prompt length). Prompt tokens
         // are context; the loss is on the solution and EOS only.

@@ -149,10 +149,6 @@ impl AutoAssignTrainer {
         Ok(AutoAssignTrainer { vs, job, stream, table, shared, side, mlp, agent, fields, pending: Default::default(), examples: Default::default(), history: Vec::new(), steps_per_chunk, global_batch: ctx.global_batch, seed: ctx.seed, device: ctx.device })
     }
 
-    pub fn stream(&self) -> &Stream {
-        &self.stream
-    }
-
     fn ids_of(&self, f: usize, rows: &[usize]) -> Vec<u32> {
         let col = if f == 0 { &self.stream.user } else { &self.stream.item };
         rows.iter().map(|&r| col[r]).collect()
@@ -183,7 +179,8 @@ impl AutoAssignTrainer {
 
     /// Hash bucket of an id (the hashing trick).
     fn bucket(&self, f: usize, id: u32) -> i64 {
-        (fnv1a(&[f as u8, (id & 0xff) as u8, (id >> 8 & 0xff) as u8, (id >> 16 & 0xff) as u8, (id >> 24) as u8]) % self.job.budget_rows as u64) as i64
+        let b = id.to_le_bytes();
+        (fnv1a(&[f as u8, b[0], b[1], b[2], b[3]]) % self.job.budget_rows as u64) as i64
     }
 
     /// Embeddings of `ids` of field `f` under the policy (`[n, d]`);
@@ -480,10 +477,10 @@ impl Algorithm for AutoAssignTrainer {
             self.chunk_start(c);
             self.score_chunk(c, ctx)?;
         }
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
+        let per = ctx.per_rank(self.global_batch);
         let range = self.stream.chunks[c].clone();
         let order = shuffled(range.len(), self.seed ^ splitmix(c as u64 + 1), 0);
-        let first = (ctx.step % self.steps_per_chunk) * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
+        let first = (ctx.step % self.steps_per_chunk) * self.global_batch as u64 + ctx.rank_offset(self.global_batch);
         let rows: Vec<usize> = (0..per as u64).map(|k| range.start + order[((first + k) % range.len() as u64) as usize]).collect();
         let labels = Tensor::from_slice(&rows.iter().map(|&r| self.stream.label[r]).collect::<Vec<_>>()).to_device(self.device);
         let logits = self.forward(&rows, c, None);

@@ -7,7 +7,7 @@
 
 use super::analysis::ItemAnalysis;
 use super::embed::SentenceEncoder;
-use super::sasrec::{read, Sasrec, SasrecJob};
+use super::sasrec::{read, Interactions, Sasrec, SasrecJob};
 use super::voters::{embedding_vote, ensemble, keyword_vote, model_vote, Seen};
 use crate::metrics::auc;
 use std::collections::{BTreeMap, HashMap};
@@ -48,47 +48,87 @@ impl SasrecVoter {
     }
 }
 
-/// Per voter and for the ensemble: `auc`, `precision`, `accuracy`, `engaged_rate`; and `held_out`, `positive_rate`.
-pub fn evaluate(interactions: &SasrecJob, analyses: &HashMap<String, ItemAnalysis>, encoder: Option<&SentenceEncoder>, sasrec: Option<&SasrecVoter>, seed: u64) -> Result<BTreeMap<String, f64>, String> {
-    let data = read(interactions)?;
-    // Embeddings of every analysed item's pros and cons, once.
-    let names: Vec<&String> = analyses.keys().collect();
-    let emb: HashMap<&str, (Vec<f32>, Vec<f32>)> = match encoder {
-        Some(enc) => {
-            let texts: Vec<&str> = names.iter().flat_map(|n| [analyses[*n].pros.as_str(), analyses[*n].cons.as_str()]).collect();
+/// The three voters over one set of interactions: each item's analysis and
+/// pros/cons embeddings (by item index), and the SASRec voter. Both the
+/// evaluation below and the simulator's environment ask it.
+pub struct Panel {
+    pub data: Interactions,
+    analyses: Vec<Option<ItemAnalysis>>,
+    embeddings: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    sasrec: Option<SasrecVoter>,
+}
+
+/// The voters on one (user, history, item): keyword, embedding and SASRec
+/// scores (pros overlap − cons overlap; pros similarity − cons similarity;
+/// p) and votes. A voter that is not configured scores 0 (SASRec: ½) and
+/// never votes yes.
+pub struct Verdict {
+    pub scores: [f64; 3],
+    pub votes: [bool; 3],
+}
+
+impl Panel {
+    /// `analyses` by item name; the embeddings of the analysed items' pros and cons are computed once here.
+    pub fn new(data: Interactions, analyses: &HashMap<String, ItemAnalysis>, encoder: Option<&SentenceEncoder>, sasrec: Option<SasrecVoter>) -> Result<Panel, String> {
+        let analyses: Vec<Option<ItemAnalysis>> = data.item_names.iter().map(|n| analyses.get(n).cloned()).collect();
+        let mut embeddings = vec![None; analyses.len()];
+        if let Some(enc) = encoder {
+            let have: Vec<usize> = (0..analyses.len()).filter(|&i| analyses[i].is_some()).collect();
+            let texts: Vec<&str> = have.iter().filter_map(|&i| analyses[i].as_ref()).flat_map(|a| [a.pros.as_str(), a.cons.as_str()]).collect();
             let e = enc.embed(&texts, 64).to_device(Device::Cpu).to_kind(Kind::Float);
             let d = e.size()[1] as usize;
             let flat: Vec<f32> = Vec::try_from(e.reshape([-1])).map_err(|e: tch::TchError| e.to_string())?;
-            names.iter().enumerate().map(|(k, n)| (n.as_str(), (flat[2 * k * d..(2 * k + 1) * d].to_vec(), flat[(2 * k + 1) * d..(2 * k + 2) * d].to_vec()))).collect()
+            for (k, &i) in have.iter().enumerate() {
+                embeddings[i] = Some((flat[2 * k * d..(2 * k + 1) * d].to_vec(), flat[(2 * k + 1) * d..(2 * k + 2) * d].to_vec()));
+            }
         }
-        None => HashMap::new(),
-    };
-    // Scores and votes per voter: keyword, embedding, model, ensemble.
-    let mut rows: Vec<([f64; 4], [bool; 4], f32)> = Vec::new();
-    for (u, seq) in data.users.iter().enumerate() {
-        if seq.len() < 3 {
-            continue;
-        }
-        let (last, past) = (seq[seq.len() - 1], &seq[..seq.len() - 1]);
-        let item_name = |i: i64| data.item_names[(i - 1) as usize].as_str();
-        let Some(cand) = analyses.get(item_name(last.0)) else { continue };
-        let history: Vec<Seen> = past.iter().filter_map(|&(i, y)| analyses.get(item_name(i)).map(|a| Seen { item: a, liked: y > 0.5 })).collect();
-        let (p, c, kv) = keyword_vote(cand, &history);
-        let (es, ev) = match emb.get(item_name(last.0)) {
+        Ok(Panel { data, analyses, embeddings, sasrec })
+    }
+
+    pub fn analysed(&self) -> usize {
+        self.analyses.iter().filter(|a| a.is_some()).count()
+    }
+
+    /// The voters on `item` (1-based) for `user` after `history` ((item, liked)
+    /// pairs, oldest first); None when the item has no analysis.
+    pub fn verdict(&self, user: usize, history: &[(i64, f32)], item: i64) -> Option<Verdict> {
+        let idx = |i: i64| (i - 1) as usize;
+        let cand = self.analyses.get(idx(item))?.as_ref()?;
+        let seen: Vec<Seen> = history.iter().filter_map(|&(i, y)| self.analyses.get(idx(i)).and_then(Option::as_ref).map(|a| Seen { item: a, liked: y > 0.5 })).collect();
+        let (p, c, kv) = keyword_vote(cand, &seen);
+        let (es, ev) = match self.embeddings.get(idx(item)).and_then(Option::as_ref) {
             Some((cp, cc)) => {
-                let hist: Vec<(&[f32], &[f32], bool)> = past.iter().filter_map(|&(i, y)| emb.get(item_name(i)).map(|(a, b)| (a.as_slice(), b.as_slice(), y > 0.5))).collect();
+                let hist: Vec<(&[f32], &[f32], bool)> = history.iter().filter_map(|&(i, y)| self.embeddings.get(idx(i)).and_then(Option::as_ref).map(|(a, b)| (a.as_slice(), b.as_slice(), y > 0.5))).collect();
                 let (pos, neg, v) = embedding_vote(cp, cc, &hist);
                 ((pos.max(-1.0) - neg.max(-1.0)) as f64, v)
             }
             None => (0.0, false),
         };
-        let past_names: Vec<&str> = past.iter().map(|&(i, _)| item_name(i)).collect();
-        let prob = sasrec.and_then(|s| s.probability(&data.user_names[u], &past_names, item_name(last.0)));
-        let (ms, mv) = (prob.unwrap_or(0.5), prob.is_some_and(model_vote));
+        let prob = self.sasrec.as_ref().and_then(|s| {
+            let names: Vec<&str> = history.iter().map(|&(i, _)| self.data.item_names[idx(i)].as_str()).collect();
+            s.probability(&self.data.user_names[user], &names, &self.data.item_names[idx(item)])
+        });
+        Some(Verdict { scores: [p as f64 - c as f64, es, prob.unwrap_or(0.5)], votes: [kv, ev, prob.is_some_and(model_vote)] })
+    }
+}
+
+/// Per voter and for the ensemble: `auc`, `precision`, `accuracy`, `engaged_rate`; and `held_out`, `positive_rate`.
+pub fn evaluate(interactions: &SasrecJob, analyses: &HashMap<String, ItemAnalysis>, encoder: Option<&SentenceEncoder>, sasrec: Option<SasrecVoter>, seed: u64) -> Result<BTreeMap<String, f64>, String> {
+    let (has_encoder, has_sasrec) = (encoder.is_some(), sasrec.is_some());
+    let panel = Panel::new(read(interactions)?, analyses, encoder, sasrec)?;
+    // Scores and votes per voter: keyword, embedding, model, ensemble.
+    let mut rows: Vec<([f64; 4], [bool; 4], f32)> = Vec::new();
+    for (u, seq) in panel.data.users.iter().enumerate() {
+        if seq.len() < 3 {
+            continue;
+        }
+        let (last, past) = (seq[seq.len() - 1], &seq[..seq.len() - 1]);
+        let Some(v) = panel.verdict(u, past, last.0) else { continue };
         let coin = kiln_worker::rng::unit(kiln_worker::rng::splitmix(seed ^ u as u64)) < 0.5;
-        let votes = [kv, ev, mv];
-        let e = ensemble(votes, !history.is_empty(), coin);
-        rows.push(([p as f64 - c as f64, es, ms, votes.iter().filter(|&&v| v).count() as f64], [kv, ev, mv, e], last.1));
+        let e = ensemble(v.votes, !past.is_empty(), coin);
+        let [ks, es, ms] = v.scores;
+        let [kv, ev, mv] = v.votes;
+        rows.push(([ks, es, ms, v.votes.iter().filter(|&&x| x).count() as f64], [kv, ev, mv, e], last.1));
     }
     if rows.is_empty() {
         return Err("no held-out interaction has an analysed item (are the analyses of the same items?)".into());
@@ -98,7 +138,7 @@ pub fn evaluate(interactions: &SasrecJob, analyses: &HashMap<String, ItemAnalysi
     out.insert("held_out".into(), rows.len() as f64);
     out.insert("positive_rate".into(), y.iter().sum::<f32>() as f64 / y.len() as f64);
     for (k, name) in ["keyword", "embedding", "sasrec", "ensemble"].iter().enumerate() {
-        if (k == 1 && encoder.is_none()) || (k == 2 && sasrec.is_none()) {
+        if (k == 1 && !has_encoder) || (k == 2 && !has_sasrec) {
             continue;
         }
         let s: Vec<f32> = rows.iter().map(|r| r.0[k] as f32).collect();

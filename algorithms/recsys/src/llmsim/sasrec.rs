@@ -233,8 +233,8 @@ impl Algorithm for SasrecTrainer {
     }
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
-        let per = self.global_batch / (ctx.world_size * ctx.micro_steps);
-        let start = ctx.step * self.global_batch as u64 + ((ctx.micro_step * ctx.world_size + ctx.rank) * per) as u64;
+        let per = ctx.per_rank(self.global_batch);
+        let start = ctx.first_sample(self.global_batch);
         let samples: Vec<Sample> = self.stream.rows(start, per).into_iter().map(|k| self.splits[0][k]).collect();
         let (u, h, c, y) = self.batch(&samples);
         let loss = self.model.forward(&u, &h, &c).f_binary_cross_entropy_with_logits::<&Tensor>(&y, None, None, tch::Reduction::Mean)?;
