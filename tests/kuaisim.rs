@@ -116,6 +116,12 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     })
     .unwrap();
     let random_total = random.session_reward / random.sessions;
+    // Each agent's total reward per session over random's. One short run per
+    // agent is noisy, and CPU kernels round differently from machine to
+    // machine (AVX2 or AVX-512), which moves every trajectory: measured
+    // here 1.10-1.39 per agent, 1.2-1.3 on average, over three kernel
+    // choices. Each must beat random; together, by 10%.
+    let mut ratios = Vec::new();
     for algo in ["kuaisim.ddpg", "kuaisim.td3", "kuaisim.a2c", "kuaisim.hac"] {
         let name = algo.replace('.', "-");
         let out = kiln_run(dir.path(), &agent_job(dir.path(), &sim, &name, algo, 1500, 0), 2, &[]);
@@ -123,11 +129,13 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
         let e = final_eval(dir.path(), &name);
         let total = e["total_reward"].as_f64().unwrap();
         eprintln!("{algo}: {e}; random total reward {random_total:.3}, depth {:.2}", random.steps / random.sessions);
-        assert!(total > random_total * 1.2, "{algo}: total reward per session {total:.3} vs random {random_total:.3}");
+        assert!(total > random_total, "{algo}: total reward per session {total:.3} vs random {random_total:.3}");
+        ratios.push(total / random_total);
         for k in ["depth", "avg_reward", "coverage", "ild"] {
             assert!(e[k].as_f64().is_some_and(f64::is_finite), "{k} in {e}");
         }
     }
+    assert!(ratios.iter().sum::<f64>() / ratios.len() as f64 > 1.1, "total reward over random's: {ratios:?}");
     // Request level: the CF scorer's slates against random ones.
     let cfg = kiln_kuaisim::env::EnvConfig { batch: 8, ..kiln_kuaisim::env::EnvConfig::new(kiln_kuaisim::env::Level::Request) };
     let mut env = kiln_kuaisim::env::Env::new(simulator.clone(), cfg, 98).unwrap();
@@ -153,7 +161,8 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     let e = final_eval(dir.path(), "cf");
     let l = e["avg_l_reward"].as_f64().unwrap();
     eprintln!("kuaisim.cf: {e}; random L-reward {random_l:.3}");
-    // Measured 3.50 vs 2.91 (1.20x).
+    // Measured 3.50 vs 2.91 (1.20x); on another machine, over its CPU
+    // kernel choices, 3.60-3.82 vs 2.86-3.14 (1.19-1.26x).
     assert!(l > random_l * 1.1 && e["max_l_reward"].as_f64().unwrap() >= l, "CF: L-reward {l:.3} vs random {random_l:.3}");
     for k in ["r_ndcg", "r_mrr"] {
         assert!(e[k].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{k} in {e}");
@@ -233,7 +242,8 @@ fn cross_session_agents_shorten_the_return_time_against_random_fusion_weights() 
     let out = kiln_run(dir.path(), &job("random", "kuaisim.random", 1, ""), 2, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let day = final_eval(dir.path(), "random")["return_day"].as_f64().unwrap();
-    assert!((day - random_day).abs() < 0.25, "kuaisim.random: return day {day:.3} vs {random_day:.3} in-process");
+    // Other draws on 256 users each: measured gaps of 0.0-0.26 days.
+    assert!((day - random_day).abs() < 0.4, "kuaisim.random: return day {day:.3} vs {random_day:.3} in-process");
 }
 
 #[test]
@@ -280,11 +290,13 @@ fn the_learned_retention_model_trains_as_a_job_on_two_ranks_and_drives_the_cross
     }
     // The synthetic users come back sooner after a satisfying session: the
     // model reads that from the sessions (measured: validation next-day AUC
-    // 0.67, NLL 1.35 vs the marginal's 1.42; test 0.78, 1.37 vs 1.60; the
-    // session's click rate alone ranks at 0.79 / 0.90).
-    for p in ["", "test_"] {
+    // 0.61-0.67, NLL 1.33-1.35 vs the marginal's 1.42; test 0.78-0.82,
+    // 1.34-1.38 vs 1.60; the session's click rate alone ranks at 0.79 /
+    // 0.90). The ranges are over machines' CPU kernels; the validation set
+    // is the smaller.
+    for (p, auc) in [("", 0.55), ("test_", 0.7)] {
         assert!(e[format!("{p}nll")].as_f64().unwrap() < e[format!("{p}prior_nll")].as_f64().unwrap(), "{e}");
-        assert!(e[format!("{p}next_day_auc")].as_f64().unwrap() > 0.65, "{e}");
+        assert!(e[format!("{p}next_day_auc")].as_f64().unwrap() > auc, "{e}");
     }
     kill_then_resume(dir.path(), &job("retk", 600, 200, adamw), 2, "kill-rank:0:after-step:300");
     let d = max_diff(&params(dir.path(), "retk", 600), &params(dir.path(), "ret2", 600));

@@ -206,7 +206,7 @@ fn sasrec_job(dir: &Path, name: &str, steps: u64, every: u64) -> PathBuf {
 }
 
 #[test]
-fn sasrec_and_dqn_train_on_two_ranks_resume_exactly_and_the_voters_are_scored_on_held_out_interactions() {
+fn sasrec_dqn_and_the_request_agents_train_on_two_ranks_resume_exactly_and_the_voters_are_scored_on_held_out_interactions() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = kiln();
     c.current_dir(dir.path()).args(["llmsim", "synth", "--out", "world", "--users", "300", "--items", "80"]);
@@ -257,12 +257,35 @@ fn sasrec_and_dqn_train_on_two_ranks_resume_exactly_and_the_voters_are_scored_on
     assert!(train.last().unwrap()["epsilon"].as_f64().unwrap() < train[0]["epsilon"].as_f64().unwrap());
     let d = resume_gap(dir.path(), "dqn", 2, "kill-rank:1:after-step:50", 60, |name| dqn_job(dir.path(), name, 60, 40, model_dir.trim()));
     assert!(d <= 1e-6, "the resumed DQN differs by {d}");
+    // KuaiSim's request-level agents play the same world through
+    // `kiln_kuaisim::request`: slates of 3, the CF scorer fitted to
+    // engagement, ListCVAE, and the random baseline, on 2 ranks; ListCVAE
+    // resumes exactly with its replay buffers and users.
+    for (name, algo) in [("random", "kuaisim.random"), ("cf", "kuaisim.cf"), ("listcvae", "kuaisim.listcvae")] {
+        let out = kiln_run(dir.path(), &request_job(dir.path(), name, algo, 120, 0, model_dir.trim()), 2, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let e = final_eval(dir.path(), name);
+        eprintln!("{algo} against the LLM simulator: {e}");
+        for k in ["avg_l_reward", "max_l_reward", "r_mrr", "ild"] {
+            assert!(e[k].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)), "{algo}: {k} in {e}");
+        }
+        // 48 users per rank at 8 a time for 11 steps: 66 slates of 3 items per rank.
+        assert!(e["coverage"].as_f64().is_some_and(|c| c > 1.0 && c <= 24.0), "{algo}: {e}");
+        if algo != "kuaisim.random" {
+            let metrics = std::fs::read_to_string(dir.path().join(format!("runs/{name}/metrics.jsonl"))).unwrap();
+            let rewards: Vec<f64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|m| m["kind"] == "train").map(|m| m["env_reward"].as_f64().unwrap()).collect();
+            assert!(rewards.len() >= 2 && rewards.iter().all(|r| (0.0..=1.0).contains(r)), "{algo}: {rewards:?}");
+        }
+    }
+    let d = resume_gap(dir.path(), "lc", 2, "kill-rank:1:after-step:50", 60, |name| request_job(dir.path(), name, "kuaisim.listcvae", 60, 40, model_dir.trim()));
+    assert!(d <= 1e-6, "the resumed ListCVAE differs by {d}");
 }
 
-
-fn dqn_job(dir: &Path, name: &str, steps: u64, every: u64, model_dir: &str) -> PathBuf {
+/// A job against the test's LLM world (8 users per rank): `algorithm` holds
+/// the `[algorithm]` lines, `env` the extra `[algorithm.env]` lines.
+fn world_job(dir: &Path, name: &str, (steps, every, global_batch): (u64, u64, u64), algorithm: &str, env: &str, model_dir: &str) -> PathBuf {
     let text = format!(
-        "name = \"{name}\"\n[checkpoint]\nstore = \"{}\"\nevery = {every}\nkeep = 10\n[train]\nsteps = {steps}\nseed = 3\nglobal_batch = 64\nlog_every = 50\neval_every = {steps}\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.001\nweight_decay = 0.0\n[algorithm]\nname = \"llmsim.dqn\"\nexplore_steps = 300\ntarget_every = 50\neval_users = 48\n[algorithm.world]\ninteractions = \"{}\"\nanalysis = \"{}\"\nsasrec = \"{}\"\nembedder = \"{model_dir}\"\n[algorithm.env]\nbatch = 8\n",
+        "name = \"{name}\"\n[checkpoint]\nstore = \"{}\"\nevery = {every}\nkeep = 10\n[train]\nsteps = {steps}\nseed = 3\nglobal_batch = {global_batch}\nlog_every = 20\neval_every = {steps}\n[train.optimizer]\nkind = \"adamw\"\nlr = 0.001\nweight_decay = 0.0\n[algorithm]\n{algorithm}\n[algorithm.world]\ninteractions = \"{}\"\nanalysis = \"{}\"\nsasrec = \"{}\"\nembedder = \"{model_dir}\"\n[algorithm.env]\nbatch = 8\n{env}",
         dir.join("store").display(),
         dir.join("world/interactions.csv").display(),
         dir.join("analysis.jsonl").display(),
@@ -271,4 +294,14 @@ fn dqn_job(dir: &Path, name: &str, steps: u64, every: u64, model_dir: &str) -> P
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn dqn_job(dir: &Path, name: &str, steps: u64, every: u64, model_dir: &str) -> PathBuf {
+    world_job(dir, name, (steps, every, 64), "name = \"llmsim.dqn\"\nexplore_steps = 300\ntarget_every = 50\neval_users = 48", "", model_dir)
+}
+
+/// A request-level KuaiSim agent against the LLM world: slates of 3.
+fn request_job(dir: &Path, name: &str, algo: &str, steps: u64, every: u64, model_dir: &str) -> PathBuf {
+    let start = if algo == "kuaisim.listcvae" { "\nstart_steps = 20\nbuffer = 2000" } else { "" };
+    world_job(dir, name, (steps, every, 16), &format!("name = \"{algo}\"\neval_users = 48{start}"), "slate = 3\n", model_dir)
 }

@@ -17,6 +17,8 @@
 //! networks algorithm state, so a resumed run continues exactly.
 
 use crate::env::{Action, Env, EnvConfig, Level, Simulator};
+use crate::llm_env::WorldSpec;
+use crate::request::{EnvState, Place, RequestEnv, Simulated};
 use kiln_worker::rng::{splitmix, unit};
 use kiln_worker::{parse_config, Algorithm, AlgorithmEntry, BuildContext, ConfigError, StepContext, StepOutput, WorkerError};
 use serde::Deserialize;
@@ -144,7 +146,7 @@ pub fn load_targets(targets: &mut [(String, Tensor)], state: Vec<(String, Tensor
 
 /// An online agent's per-rank checkpoint state: its replay buffer and its
 /// environment.
-pub fn replay_env_state(replay: &Replay, env: &Env) -> Vec<(String, Tensor)> {
+pub fn replay_env_state<E: EnvState + ?Sized>(replay: &Replay, env: &E) -> Vec<(String, Tensor)> {
     let mut v = replay.to_named();
     v.extend(env.to_named());
     v
@@ -152,7 +154,7 @@ pub fn replay_env_state(replay: &Replay, env: &Env) -> Vec<(String, Tensor)> {
 
 /// Takes back what [`replay_env_state`] wrote (nothing to do for a run that
 /// saved none).
-pub fn load_replay_env_state(replay: &mut Replay, env: &mut Env, state: Vec<(String, Tensor)>) -> Result<(), String> {
+pub fn load_replay_env_state<E: EnvState + ?Sized>(replay: &mut Replay, env: &mut E, state: Vec<(String, Tensor)>) -> Result<(), String> {
     if state.is_empty() {
         return Ok(());
     }
@@ -1040,9 +1042,12 @@ impl Algorithm for Cem {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CfJob {
-    pub simulator: PathBuf,
-    #[serde(default = "request")]
-    pub env: EnvConfig,
+    /// A KuaiSim simulator (a `kuaisim.response` export)...
+    pub simulator: Option<PathBuf>,
+    /// ... or the LLM-powered user simulator.
+    pub world: Option<WorldSpec>,
+    /// The simulator's settings (KuaiSim: at the request level, the default).
+    pub env: Option<toml::Value>,
     #[serde(default = "hidden")]
     pub hidden: Vec<i64>,
     /// Exploration: each slate position is a random item with this probability.
@@ -1053,24 +1058,18 @@ pub struct CfJob {
     pub eval_users: usize,
 }
 
-pub(crate) fn request() -> EnvConfig {
-    EnvConfig::new(Level::Request)
-}
 pub(crate) fn epsilon() -> f64 {
     0.1
 }
 
 impl CfJob {
-    pub fn from_value(v: &toml::Value) -> Result<CfJob, ConfigError> {
+    pub fn from_value(v: &toml::Value) -> Result<(CfJob, Place), ConfigError> {
         let job: CfJob = parse_config(v)?;
-        job.env.check().map_err(|m| ConfigError::new("env", m))?;
-        if job.env.level != Level::Request {
-            return Err(ConfigError::new("env.level", "the CF scorer recommends single requests: level = \"request\""));
-        }
+        let place = Place::request(&job.simulator, &job.world, &job.env, "the CF scorer recommends single requests")?;
         if !(0.0..=1.0).contains(&job.epsilon) || job.hidden.iter().any(|&h| h < 1) || job.eval_users == 0 {
             return Err(ConfigError::new("epsilon", "epsilon in [0, 1], hidden widths >= 1, eval_users >= 1"));
         }
-        Ok(job)
+        Ok((job, place))
     }
 }
 
@@ -1079,31 +1078,32 @@ fn validate_cf(v: &toml::Value) -> Result<(), ConfigError> {
 }
 
 fn build_cf(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    let job = CfJob::from_value(v).map_err(|m| WorkerError::algo("kuaisim.cf", m))?;
-    let sim = Arc::new(Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo("kuaisim.cf", format!("simulator: {e}")))?);
+    let err = |e: String| WorkerError::algo("kuaisim.cf", e);
+    let (job, place) = CfJob::from_value(v).map_err(|m| WorkerError::algo("kuaisim.cf", m))?;
+    let world = Simulated::load(&place, ctx.device).map_err(err)?;
     let seed = splitmix(ctx.seed ^ splitmix(0xCF + ctx.rank as u64));
-    let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
+    let env = world.env(seed).map_err(err)?;
     tch::manual_seed(ctx.seed as i64);
     let vs = nn::VarStore::new(ctx.device);
-    let e = sim.model.enc_dim();
-    let mut dims = vec![3 * e];
+    let mut dims = vec![world.state_dim()];
     dims.extend(&job.hidden);
-    dims.push(e);
+    dims.push(world.item_dim());
     let user = mlp(&(vs.root() / "user"), &dims);
-    let bias = vs.root().var("item_bias", &[sim.item_count() as i64 + 1], nn::Init::Const(0.0));
-    Ok(Box::new(Cf { user, bias, vs, sim, env, seed, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, global_batch: ctx.global_batch, device: ctx.device }))
+    let bias = vs.root().var("item_bias", &[world.item_count() as i64 + 1], nn::Init::Const(0.0));
+    Ok(Box::new(Cf { user, bias, vs, world, env, seed, eval_seed: splitmix(ctx.seed ^ 0xE7A1), job, global_batch: ctx.global_batch, device: ctx.device }))
 }
 
 /// A pointwise CF scorer: score(user, item) = ⟨user tower(state), item
-/// encoding⟩ + item bias, fitted online (MSE) to each shown item's reward (its
-/// positive behaviours but hate); the slate is the top items, each position
-/// random with probability ε while training.
+/// features⟩ + item bias, fitted online (MSE) to each shown item's feedback
+/// (KuaiSim: its positive behaviours but hate; the LLM simulator:
+/// engagement); the slate is the top items, each position random with
+/// probability ε while training.
 pub struct Cf {
     user: nn::Sequential,
     bias: Tensor,
     vs: nn::VarStore,
-    sim: Arc<Simulator>,
-    env: Env,
+    world: Simulated,
+    env: Box<dyn RequestEnv>,
     seed: u64,
     eval_seed: u64,
     job: CfJob,
@@ -1114,12 +1114,12 @@ pub struct Cf {
 impl Cf {
     /// Scores `[B, items]` (item k at index k − 1).
     fn scores(&self, state: &Tensor) -> Tensor {
-        let n = self.sim.item_count() as i64;
-        self.user.forward(state).matmul(&self.sim.items.narrow(0, 1, n).transpose(0, 1)) + self.bias.narrow(0, 1, n)
+        let n = self.world.item_count() as i64;
+        self.user.forward(state).matmul(&self.world.items().narrow(0, 1, n).transpose(0, 1)) + self.bias.narrow(0, 1, n)
     }
 
     fn greedy(&self, state: &Tensor) -> Tensor {
-        self.scores(state).topk(self.job.env.slate as i64, -1, true, true).1 + 1
+        self.scores(state).topk(self.world.slate() as i64, -1, true, true).1 + 1
     }
 }
 
@@ -1134,8 +1134,8 @@ impl Algorithm for Cf {
 
     fn train_step(&mut self, ctx: &StepContext) -> Result<StepOutput, WorkerError> {
         let state = self.env.user_state();
-        let (b, k) = (state.size()[0], self.job.env.slate as i64);
-        let n = self.sim.item_count() as u64;
+        let (b, k) = (state.size()[0], self.world.slate() as i64);
+        let n = self.world.item_count() as u64;
         let mut slate = Vec::<i64>::try_from(tch::no_grad(|| self.greedy(&state)).reshape([-1]).to_device(Device::Cpu))?;
         for (j, id) in slate.iter_mut().enumerate() {
             let key = splitmix(self.seed ^ splitmix(ctx.step.wrapping_mul(0x1_0000_0001) ^ j as u64));
@@ -1144,27 +1144,24 @@ impl Algorithm for Cf {
             }
         }
         let slate = Tensor::from_slice(&slate).view([b, k]).to_device(self.device);
-        let out = self.env.step(&Action::Slate(slate.shallow_clone())).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
-        // Each shown item's reward: its positive behaviours but hate.
-        let target = out.responses.narrow(2, 0, crate::NB as i64 - 1).sum_dim_intlist([2i64].as_slice(), false, Kind::Float);
+        let out = self.env.show(&slate).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
         let pred = self.scores(&state).gather(1, &(&slate - 1), false);
-        let loss = pred.mse_loss(&target, Reduction::Mean);
+        let loss = pred.mse_loss(&out.feedback, Reduction::Mean);
         loss.f_backward()?;
-        if out.done.iter().all(|&d| d) {
-            self.env.reset();
-        }
         let mut scalars = BTreeMap::new();
         scalars.insert("env_reward".into(), out.reward.mean(Kind::Float).double_value(&[]));
         Ok(StepOutput { loss: loss.double_value(&[]), samples: b as usize, scalars })
     }
 
     /// Request-level protocol: greedy slates on a separate, seeded environment
-    /// for `eval_users` users per rank (each for `initial_temper` requests):
-    /// `avg_l_reward` (an item's reward averaged over slates), `max_l_reward`
-    /// (the best slate of each step, averaged), `coverage`, `ild`.
+    /// for `eval_users` users per rank (each for `initial_temper` requests,
+    /// or the LLM world's `eval_steps`): `avg_l_reward` (an item's reward
+    /// averaged over slates), `max_l_reward` (the best slate of each step,
+    /// averaged), `coverage`, `ild`.
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
-        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
-        let r = play_request(&mut env, self.job.eval_users, |s| tch::no_grad(|| self.greedy(s))).map_err(|e| WorkerError::algo("kuaisim.cf", e))?;
+        let err = |e: String| WorkerError::algo("kuaisim.cf", e);
+        let mut env = self.world.eval_env(splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(err)?;
+        let r = play_request(env.as_mut(), self.job.eval_users, |s| tch::no_grad(|| self.greedy(s))).map_err(err)?;
         gather_request(ctx, &r)
     }
 
@@ -1218,7 +1215,7 @@ pub fn ranking_metrics(rewards: &[f32]) -> (Option<f64>, f64) {
 
 /// Plays request-level episodes with `policy` (user state → slate) until
 /// `users` users have been served.
-pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<RequestReport, String> {
+pub fn play_request(env: &mut dyn RequestEnv, users: usize, policy: impl Fn(&Tensor) -> Tensor) -> Result<RequestReport, String> {
     let mut rep = RequestReport::default();
     let mut served = 0usize;
     let mut guard = 0usize;
@@ -1228,7 +1225,7 @@ pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Ten
             return Err("evaluation: users never leave".into());
         }
         let s = env.user_state();
-        let out = env.step(&Action::Slate(policy(&s)))?;
+        let out = env.show(&policy(&s))?;
         let r = Vec::<f32>::try_from(out.reward.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
         rep.slates += r.len() as f64;
         rep.l_reward += r.iter().map(|&x| x as f64).sum::<f64>();
@@ -1245,10 +1242,7 @@ pub fn play_request(env: &mut Env, users: usize, policy: impl Fn(&Tensor) -> Ten
             }
             rep.r_mrr += mrr;
         }
-        if out.done.iter().all(|&d| d) {
-            served += out.done.len();
-            env.reset();
-        }
+        served += out.done.iter().filter(|&&d| d).count();
     }
     Ok(rep)
 }
@@ -1269,26 +1263,33 @@ pub fn gather_request(ctx: &StepContext, r: &RequestReport) -> Result<BTreeMap<S
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RandomJob {
-    pub simulator: PathBuf,
-    pub env: EnvConfig,
+    /// A KuaiSim simulator, at any level...
+    pub simulator: Option<PathBuf>,
+    /// ... or the LLM-powered user simulator.
+    pub world: Option<WorldSpec>,
+    /// The simulator's settings (KuaiSim: required, to name the level).
+    pub env: Option<toml::Value>,
     #[serde(default = "eval_users")]
     pub eval_users: usize,
 }
 
-fn validate_random(v: &toml::Value) -> Result<(), ConfigError> {
+fn random_job(v: &toml::Value) -> Result<(RandomJob, Place), ConfigError> {
     let job: RandomJob = parse_config(v)?;
-    job.env.check().map_err(|m| ConfigError::new("env", m))?;
+    let place = Place::parse(&job.simulator, &job.world, &job.env, None)?;
     if job.eval_users == 0 {
         return Err(ConfigError::new("eval_users", "must be at least 1"));
     }
-    Ok(())
+    Ok((job, place))
+}
+
+fn validate_random(v: &toml::Value) -> Result<(), ConfigError> {
+    random_job(v).map(|_| ())
 }
 
 fn build_random(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    validate_random(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
-    let job: RandomJob = parse_config(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
-    let sim = Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo("kuaisim.random", format!("simulator: {e}")))?;
-    Ok(Box::new(RandomPolicy { sim: Arc::new(sim), seed: splitmix(ctx.seed ^ 0x4A4D), job, global_batch: ctx.global_batch, device: ctx.device }))
+    let (job, place) = random_job(v).map_err(|m| WorkerError::algo("kuaisim.random", m))?;
+    let world = Simulated::load(&place, ctx.device).map_err(|e| WorkerError::algo("kuaisim.random", e))?;
+    Ok(Box::new(RandomPolicy { world, seed: splitmix(ctx.seed ^ 0x4A4D), job, global_batch: ctx.global_batch, device: ctx.device }))
 }
 
 /// The random policy: each step draws, for every user, a slate of uniform item
@@ -1296,7 +1297,7 @@ fn build_random(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm
 /// nothing but count, so the job's evaluation is the baseline's row in a sweep
 /// beside the agents (same protocol, same seeds).
 pub struct RandomPolicy {
-    sim: Arc<Simulator>,
+    world: Simulated,
     seed: u64,
     job: RandomJob,
     global_batch: usize,
@@ -1324,18 +1325,21 @@ impl Algorithm for RandomPolicy {
 
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
         let err = |e: String| WorkerError::algo("kuaisim.random", e);
-        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.seed ^ 0xE7A1 ^ ctx.rank as u64)).map_err(err)?;
-        let (b, k, n) = (self.job.env.batch, self.job.env.slate, self.sim.item_count() as f64);
+        let seed = splitmix(self.seed ^ 0xE7A1 ^ ctx.rank as u64);
+        let (b, k, n) = (self.world.batch(), self.world.slate(), self.world.item_count() as f64);
         let t = std::cell::Cell::new(0u64);
         let slate = |_: &Tensor| {
             t.set(t.get() + 1);
             let ids: Vec<i64> = self.draw(t.get(), b * k).into_iter().map(|u| 1 + (u * n) as i64).map(|x| x.min(n as i64)).collect();
             Tensor::from_slice(&ids).view([b as i64, k as i64]).to_device(self.device)
         };
-        match self.job.env.level {
-            Level::Request => gather_request(ctx, &play_request(&mut env, self.job.eval_users, slate).map_err(err)?),
-            Level::WholeSession => gather_report(ctx, &play(&mut env, self.job.eval_users, slate).map_err(err)?),
-            Level::CrossSession => {
+        match &self.world {
+            Simulated::KuaiSim { sim, env: cfg } if cfg.level == Level::WholeSession => {
+                let mut env = Env::new(sim.clone(), cfg.clone(), seed).map_err(err)?;
+                gather_report(ctx, &play(&mut env, self.job.eval_users, slate).map_err(err)?)
+            }
+            Simulated::KuaiSim { sim, env: cfg } if cfg.level == Level::CrossSession => {
+                let mut env = Env::new(sim.clone(), cfg.clone(), seed).map_err(err)?;
                 let weights = |_: &Tensor| {
                     t.set(t.get() + 1);
                     let w: Vec<f32> = self.draw(t.get(), b * crate::NB).into_iter().map(|u| (2.0 * u - 1.0) as f32).collect();
@@ -1343,6 +1347,8 @@ impl Algorithm for RandomPolicy {
                 };
                 gather_cross(ctx, &play_cross(&mut env, self.job.eval_users, weights).map_err(err)?)
             }
+            // The request level of either simulator.
+            _ => gather_request(ctx, &play_request(self.world.eval_env(seed).map_err(err)?.as_mut(), self.job.eval_users, slate).map_err(err)?),
         }
     }
 

@@ -55,7 +55,7 @@ pub struct DqnJob {
     /// The target network is copied from the online one every this many steps.
     #[serde(default = "target_every")]
     pub target_every: u64,
-    /// Users in the evaluation (11-step episodes, as the reference evaluates).
+    /// Users in the evaluation (episodes of `env.eval_steps`, 11 as the reference evaluates).
     #[serde(default = "eval_users")]
     pub eval_users: usize,
 }
@@ -97,11 +97,15 @@ impl DqnJob {
         if !(0.0..1.0).contains(&job.gamma) {
             return Err(ConfigError::new("gamma", "must be in [0, 1)"));
         }
-        if job.buffer == 0 || job.target_every == 0 || job.eval_users == 0 || job.env.batch == 0 || job.env.start == 0 {
-            return Err(ConfigError::new("buffer", "buffer, target_every, eval_users, env.batch and env.start must be >= 1"));
+        job.env.check().map_err(|m| ConfigError::new("env", m))?;
+        if job.env.slate != 1 {
+            return Err(ConfigError::new("env.slate", "DQN picks one item per step: slate = 1 (the request-level agents, such as kuaisim.cf, show slates)"));
         }
-        if !(0.0..=1.0).contains(&job.final_epsilon) || !(0.0..=1.0).contains(&job.env.terminate) {
-            return Err(ConfigError::new("final_epsilon", "final_epsilon and env.terminate must be in [0, 1]"));
+        if job.buffer == 0 || job.target_every == 0 || job.eval_users == 0 {
+            return Err(ConfigError::new("buffer", "buffer, target_every and eval_users must be >= 1"));
+        }
+        if !(0.0..=1.0).contains(&job.final_epsilon) {
+            return Err(ConfigError::new("final_epsilon", "must be in [0, 1]"));
         }
         Ok(job)
     }
@@ -133,7 +137,7 @@ pub struct DqnTrainer {
 
 impl DqnTrainer {
     pub fn new(job: DqnJob, ctx: &BuildContext) -> Result<DqnTrainer, WorkerError> {
-        let world = Rc::new(World::load(&job.world, job.env.start).map_err(|e| WorkerError::algo(NAME, format!("world: {e}")))?);
+        let world = Rc::new(World::load(&job.world, job.env.start, ctx.device).map_err(|e| WorkerError::algo(NAME, format!("world: {e}")))?);
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -174,18 +178,19 @@ impl DqnTrainer {
         greedy.iter().enumerate().map(|(k, &g)| if unit(splitmix(key ^ splitmix(2 * k as u64))) < epsilon { 1 + (splitmix(key ^ splitmix(2 * k as u64 + 1)) % n) as i64 } else { g + 1 }).collect()
     }
 
-    /// Mean engagement per step over `eval_users` users playing 11 steps with
-    /// `policy` (greedy, or uniform with ε = 1), on an environment of its own.
+    /// Mean engagement per step over `eval_users` users playing `eval_steps`
+    /// steps with the greedy policy (or uniform items, ε = 1), on an
+    /// environment of its own.
     fn play(&self, epsilon: f64) -> Result<f64, String> {
-        let cfg = LlmEnvConfig { batch: self.job.eval_users, start: self.job.env.start, terminate: 0.0, max_steps: 11 };
+        let cfg = self.job.env.evaluation(self.job.eval_users);
         let mut env = LlmEnv::new(self.world.clone(), cfg, splitmix(self.seed ^ 0xE7A1));
         let mut total = 0.0;
-        for t in 0..11u64 {
+        for t in 0..cfg.eval_steps as u64 {
             let a = self.act(&env.observation(self.job.history), epsilon, splitmix(self.seed ^ 0x5EED ^ t));
             let (r, _) = env.step(&a)?;
             total += r.iter().sum::<f32>() as f64;
         }
-        Ok(total / (11 * self.job.eval_users) as f64)
+        Ok(total / (cfg.eval_steps * self.job.eval_users) as f64)
     }
 }
 
@@ -239,7 +244,7 @@ impl Algorithm for DqnTrainer {
     }
 
     /// `engagement`: the greedy policy's mean engagement per step over
-    /// `eval_users` users' 11-step episodes; `random_engagement`: uniform
+    /// `eval_users` users' `env.eval_steps`-step episodes; `random_engagement`: uniform
     /// items for the same users (the same on every rank).
     fn evaluate(&mut self, _ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
         let err = |e: String| WorkerError::algo(NAME, e);

@@ -7,7 +7,8 @@
 //! learned return-day model ([`retention`]), the batched environments of the
 //! three levels ([`env`]), the agents trained against them ([`agents`]),
 //! the LLM-powered user simulator of `kiln_recsys::llmsim` as an
-//! environment ([`llm_env`]) with its DQN agent ([`dqn`]), and the trainer
+//! environment ([`llm_env`]) with its DQN agent ([`dqn`]), what the
+//! request-level agents play against in either simulator ([`request`]), and the trainer
 //! that implements `kiln_worker::Algorithm` for it ([`trainer`]).
 //! Its [`ENTRIES`] are what the `kiln` registry lists.
 //!
@@ -22,6 +23,7 @@ pub use kiln_recsys::layers;
 pub mod listcvae;
 pub mod llm_env;
 pub mod log;
+pub mod request;
 pub mod response;
 pub mod retention;
 pub mod synth;

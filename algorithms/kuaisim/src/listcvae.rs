@@ -13,7 +13,8 @@
 //! - **Prior** p(z | c, s): an MLP of the condition and the state.
 //! - **Decoder**: an MLP of (z, c, s) → one vector per slate position; each
 //!   position's item distribution is a softmax over every item of its dot
-//!   product with the item's encoding (the simulator's; over the whole pool —
+//!   product with the item's features (KuaiSim's item encodings, or the LLM
+//!   world's analysis features: [`crate::request`]; over the whole pool —
 //!   the reference samples 100 negatives, we take the exact softmax).
 //! - **Loss**: the ELBO — the positions' cross-entropy plus β · KL(q ‖ p).
 //! - **Acting**: z drawn from the prior at the target reward (unset: the
@@ -27,14 +28,14 @@
 //! minibatches of it; the buffer and environment are per-rank checkpoint
 //! state.
 
-use crate::agents::{buffer, counter_gaussian, counter_uniform, epsilon, eval_users, gather_request, load_replay_env_state, mlp, play_request, replay_env_state, request, start, Replay};
-use crate::env::{Action, Env, EnvConfig, Level, Simulator};
+use crate::agents::{buffer, counter_gaussian, counter_uniform, epsilon, eval_users, gather_request, load_replay_env_state, mlp, play_request, replay_env_state, start, Replay};
+use crate::llm_env::WorldSpec;
+use crate::request::{Place, RequestEnv, Simulated};
 use kiln_worker::rng::splitmix;
 use kiln_worker::{parse_config, Algorithm, BuildContext, ConfigError, StepContext, StepOutput, WorkerError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -44,9 +45,12 @@ const NAME: &str = "kuaisim.listcvae";
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListCvaeJob {
-    pub simulator: PathBuf,
-    #[serde(default = "request")]
-    pub env: EnvConfig,
+    /// A KuaiSim simulator (a `kuaisim.response` export)...
+    pub simulator: Option<PathBuf>,
+    /// ... or the LLM-powered user simulator.
+    pub world: Option<WorldSpec>,
+    /// The simulator's settings (KuaiSim: at the request level, the default).
+    pub env: Option<toml::Value>,
     #[serde(default = "c_dim")]
     pub c_dim: i64,
     #[serde(default = "z_dim")]
@@ -93,12 +97,9 @@ fn beta() -> f64 {
 }
 
 impl ListCvaeJob {
-    pub fn from_value(v: &toml::Value) -> Result<ListCvaeJob, ConfigError> {
+    pub fn from_value(v: &toml::Value) -> Result<(ListCvaeJob, Place), ConfigError> {
         let job: ListCvaeJob = parse_config(v)?;
-        job.env.check().map_err(|m| ConfigError::new("env", m))?;
-        if job.env.level != Level::Request {
-            return Err(ConfigError::new("env.level", "ListCVAE generates single slates: level = \"request\""));
-        }
+        let place = Place::request(&job.simulator, &job.world, &job.env, "ListCVAE generates single slates")?;
         let widths = [job.prior_hidden.as_slice(), &job.encoder_hidden, &job.decoder_hidden].concat();
         if job.c_dim < 1 || job.z_dim < 1 || widths.iter().any(|&h| h < 1) {
             return Err(ConfigError::new("c_dim", "c_dim, z_dim and every hidden width must be at least 1"));
@@ -106,7 +107,7 @@ impl ListCvaeJob {
         if !(job.beta >= 0.0 && job.beta.is_finite()) || !job.target_reward.unwrap_or(0.0).is_finite() || !(0.0..=1.0).contains(&job.epsilon) || job.buffer == 0 || job.eval_users == 0 {
             return Err(ConfigError::new("beta", "beta >= 0, a finite target_reward, epsilon in [0, 1], buffer and eval_users >= 1"));
         }
-        Ok(job)
+        Ok((job, place))
     }
 }
 
@@ -115,9 +116,9 @@ pub fn validate(v: &toml::Value) -> Result<(), ConfigError> {
 }
 
 pub fn build(v: &toml::Value, ctx: &BuildContext) -> Result<Box<dyn Algorithm>, WorkerError> {
-    let job = ListCvaeJob::from_value(v).map_err(|m| WorkerError::algo(NAME, m))?;
-    let sim = Arc::new(Simulator::load_for(&job.simulator, &job.env, ctx.device).map_err(|e| WorkerError::algo(NAME, format!("simulator: {e}")))?);
-    Ok(Box::new(ListCvae::new(job, sim, ctx)?))
+    let (job, place) = ListCvaeJob::from_value(v).map_err(|m| WorkerError::algo(NAME, m))?;
+    let world = Simulated::load(&place, ctx.device).map_err(|e| WorkerError::algo(NAME, e))?;
+    Ok(Box::new(ListCvae::new(job, world, ctx)?))
 }
 
 pub struct ListCvae {
@@ -128,8 +129,8 @@ pub struct ListCvae {
     encoder: nn::Sequential,
     prior: nn::Sequential,
     decoder: nn::Sequential,
-    sim: Arc<Simulator>,
-    env: Env,
+    world: Simulated,
+    env: Box<dyn RequestEnv>,
     replay: Replay,
     seed: u64,
     eval_seed: u64,
@@ -141,10 +142,10 @@ pub struct ListCvae {
 }
 
 impl ListCvae {
-    pub fn new(job: ListCvaeJob, sim: Arc<Simulator>, ctx: &BuildContext) -> Result<ListCvae, WorkerError> {
+    pub fn new(job: ListCvaeJob, world: Simulated, ctx: &BuildContext) -> Result<ListCvae, WorkerError> {
         let seed = splitmix(ctx.seed ^ splitmix(0xC7AE + ctx.rank as u64));
-        let env = Env::new(sim.clone(), job.env.clone(), seed).map_err(|e| WorkerError::algo(NAME, e))?;
-        let (e, s, k) = (sim.model.enc_dim(), 3 * sim.model.enc_dim(), job.env.slate as i64);
+        let env = world.env(seed).map_err(|e| WorkerError::algo(NAME, e))?;
+        let (e, s, k) = (world.item_dim(), world.state_dim(), world.slate() as i64);
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
         let root = vs.root();
@@ -163,7 +164,7 @@ impl ListCvae {
             global_batch: ctx.global_batch,
             device: ctx.device,
             vs,
-            sim,
+            world,
             env,
             seed,
             job,
@@ -190,9 +191,9 @@ impl ListCvae {
     /// Per slate position, logits `[B, k, items]` over the pool (item j at index j − 1).
     fn logits(&self, z: &Tensor, c: &Tensor, state: &Tensor) -> Tensor {
         let b = state.size()[0];
-        let e = self.sim.model.enc_dim();
-        let out = self.decoder.forward(&Tensor::cat(&[z, c, state], 1)).view([b, self.job.env.slate as i64, e]);
-        let items = self.sim.items.narrow(0, 1, self.sim.item_count() as i64);
+        let e = self.world.item_dim();
+        let out = self.decoder.forward(&Tensor::cat(&[z, c, state], 1)).view([b, self.world.slate() as i64, e]);
+        let items = self.world.items().narrow(0, 1, self.world.item_count() as i64);
         out.matmul(&items.transpose(0, 1)) / e as f64
     }
 
@@ -222,7 +223,7 @@ impl ListCvae {
                 return slate;
             }
             let k = slate.size()[1];
-            let pool = self.sim.item_count() as f64;
+            let pool = self.world.item_count() as f64;
             let coin = counter_uniform(self.seed, tag + 3, step, (b * k) as usize, self.device).view([b, k]);
             let random = (counter_uniform(self.seed, tag + 4, step, (b * k) as usize, self.device).view([b, k]) * pool).floor().clamp(0.0, pool - 1.0).to_kind(Kind::Int64) + 1;
             slate.where_self(&coin.ge(self.job.epsilon), &random)
@@ -234,7 +235,7 @@ impl ListCvae {
         let b = s.size()[0];
         let c = self.condition(r);
         let ids = a.to_kind(Kind::Int64);
-        let enc = self.sim.items.index_select(0, &ids.reshape([-1])).view([b, -1]);
+        let enc = self.world.items().index_select(0, &ids.reshape([-1])).view([b, -1]);
         let (mu, logvar) = self.gaussian_params(&self.encoder.forward(&Tensor::cat(&[&enc, &c, s], 1)));
         let (pmu, plogvar) = self.gaussian_params(&self.prior.forward(&Tensor::cat(&[&c, s], 1)));
         let z = &mu + (&logvar * 0.5).exp() * counter_gaussian(self.seed, 21, step, &mu.size(), self.device);
@@ -282,12 +283,9 @@ impl Algorithm for ListCvae {
         let state = self.env.user_state();
         let b = state.size()[0];
         let slate = self.act(&state, 10, step, true);
-        let out = self.env.step(&Action::Slate(slate.shallow_clone())).map_err(|e| WorkerError::algo(NAME, e))?;
+        let out = self.env.show(&slate).map_err(|e| WorkerError::algo(NAME, e))?;
         let none = Tensor::zeros([b], (Kind::Float, self.device));
         self.replay.push(&state, &slate.to_kind(Kind::Float), &out.reward, &state, &none);
-        if out.done.iter().all(|&d| d) {
-            self.env.reset();
-        }
         let mut scalars = BTreeMap::new();
         scalars.insert("env_reward".into(), out.reward.mean(Kind::Float).double_value(&[]));
         if step < self.job.start_steps || self.replay.len < self.batch {
@@ -304,9 +302,9 @@ impl Algorithm for ListCvae {
     /// The request-level protocol on a separate, seeded environment: slates
     /// asked for at the target reward, each position its most likely item.
     fn evaluate(&mut self, ctx: &StepContext) -> Result<BTreeMap<String, f64>, WorkerError> {
-        let mut env = Env::new(self.sim.clone(), self.job.env.clone(), splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(|e| WorkerError::algo(NAME, e))?;
+        let mut env = self.world.eval_env(splitmix(self.eval_seed ^ ctx.rank as u64)).map_err(|e| WorkerError::algo(NAME, e))?;
         let t = std::cell::Cell::new(0u64);
-        let r = play_request(&mut env, self.job.eval_users, |s| {
+        let r = play_request(env.as_mut(), self.job.eval_users, |s| {
             t.set(t.get() + 1);
             self.act(s, 30, t.get(), false)
         })
@@ -319,11 +317,11 @@ impl Algorithm for ListCvae {
     }
 
     fn rank_state(&self) -> Vec<(String, Tensor)> {
-        replay_env_state(&self.replay, &self.env)
+        replay_env_state(&self.replay, self.env.as_ref())
     }
 
     fn load_rank_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), WorkerError> {
-        load_replay_env_state(&mut self.replay, &mut self.env, state).map_err(|e| WorkerError::algo(NAME, e))
+        load_replay_env_state(&mut self.replay, self.env.as_mut(), state).map_err(|e| WorkerError::algo(NAME, e))
     }
 }
 

@@ -8,16 +8,23 @@
 //! draws a new user. Draws are counter-based, so a restored environment
 //! continues exactly.
 //!
+//! A step may show each user a slate of `slate` items (1, as the
+//! reference, by default): every item is judged on the history before the
+//! step, then all join it in order. For agents that score items, the world
+//! also gives item features (hashed analysis words, then the pros and cons
+//! embeddings) and a user state built from them, so KuaiSim's request-level
+//! agents play here through [`crate::request::RequestEnv`].
+//!
 //! It lives beside KuaiSim's environments and shares their conventions
 //! (batched users, item ids 1..=items, per-rank checkpoint state through
-//! `to_named`/`load`), so agents written for them carry over.
+//! `to_named`/`load`).
 
 use kiln_recsys::llmsim::analysis::read_analyses;
 use kiln_recsys::llmsim::embed::SentenceEncoder;
 use kiln_recsys::llmsim::evaluate::{Panel, SasrecVoter};
 use kiln_recsys::llmsim::sasrec::{read, SasrecJob};
 use kiln_recsys::llmsim::voters::ensemble;
-use kiln_worker::rng::{splitmix, unit};
+use kiln_worker::rng::{fnv1a, splitmix, unit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,10 +56,49 @@ pub struct World {
     pub panel: Panel,
     /// Users with at least `start` interactions (those that can start an episode).
     starters: Vec<usize>,
+    /// `[items + 1, d]` item features (row 0 the padding item, zeros).
+    features: Tensor,
+}
+
+/// Buckets the analysis words are hashed into, the first columns of an item's features.
+pub const WORD_BUCKETS: usize = 64;
+
+/// Item features `[items + 1, d]` from the analyses, what a recommender could
+/// know of an item: its category and pros (+1) and cons (−1) keywords hashed
+/// into [`WORD_BUCKETS`] signed buckets, L2-normalised; then, when the world
+/// has an embedder, the pros and the cons embeddings. Rows of items without
+/// an analysis are zero.
+fn item_features(panel: &Panel) -> Tensor {
+    let n = panel.data.items;
+    let emb = (1..=n as i64).find_map(|i| panel.item(i).1.map(|(p, _)| p.len())).unwrap_or(0);
+    let d = WORD_BUCKETS + 2 * emb;
+    let mut f = vec![0f32; (n + 1) * d];
+    for i in 1..=n {
+        let row = &mut f[i * d..(i + 1) * d];
+        let (analysis, embedding) = panel.item(i as i64);
+        if let Some(a) = analysis {
+            let category = format!("category:{}", a.category.to_lowercase());
+            let words = std::iter::once((category, 1.0)).chain(a.pros_keywords.iter().map(|w| (w.to_lowercase(), 1.0))).chain(a.cons_keywords.iter().map(|w| (w.to_lowercase(), -1.0)));
+            for (w, sign) in words {
+                row[(fnv1a(w.as_bytes()) % WORD_BUCKETS as u64) as usize] += sign;
+            }
+            let norm = row[..WORD_BUCKETS].iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                row[..WORD_BUCKETS].iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        if let Some((p, c)) = embedding.filter(|(p, c)| p.len() == emb && c.len() == emb) {
+            row[WORD_BUCKETS..WORD_BUCKETS + emb].copy_from_slice(p);
+            row[WORD_BUCKETS + emb..].copy_from_slice(c);
+        }
+    }
+    Tensor::from_slice(&f).view([n as i64 + 1, d as i64])
 }
 
 impl World {
-    pub fn load(spec: &WorldSpec, start: usize) -> Result<World, String> {
+    /// The world of `spec`; users need `start` interactions to start an
+    /// episode; the item features live on `device`.
+    pub fn load(spec: &WorldSpec, start: usize, device: Device) -> Result<World, String> {
         let job: SasrecJob = serde_json::from_value(serde_json::json!({ "interactions": spec.interactions, "positive_at": spec.positive_at })).map_err(|e| e.to_string())?;
         let encoder = spec.embedder.as_ref().map(|dir| SentenceEncoder::load(dir, Device::Cpu).map_err(|e| e.to_string())).transpose()?;
         let sasrec = spec.sasrec.as_ref().map(|d| SasrecVoter::load(d)).transpose()?;
@@ -65,7 +111,13 @@ impl World {
         if starters.is_empty() {
             return Err(format!("{}: no user has {start} interactions to start from", spec.interactions.display()));
         }
-        Ok(World { panel, starters })
+        let features = item_features(&panel).to_device(device);
+        Ok(World { panel, starters, features })
+    }
+
+    /// `[items + 1, d]` item features, row k for item k (row 0 the padding item).
+    pub fn features(&self) -> &Tensor {
+        &self.features
     }
 
     pub fn items(&self) -> usize {
@@ -91,6 +143,9 @@ pub struct LlmEnvConfig {
     /// Users per rank.
     #[serde(default = "batch")]
     pub batch: usize,
+    /// Items shown to each user per step.
+    #[serde(default = "slate")]
+    pub slate: usize,
     /// Real interactions an episode starts from.
     #[serde(default = "start")]
     pub start: usize,
@@ -100,13 +155,22 @@ pub struct LlmEnvConfig {
     /// Steps after which an episode ends (0: no limit).
     #[serde(default)]
     pub max_steps: usize,
+    /// Evaluation: steps per episode (the reference evaluates 11), with no random end.
+    #[serde(default = "eval_steps")]
+    pub eval_steps: usize,
 }
 
 fn batch() -> usize {
     16
 }
+fn slate() -> usize {
+    1
+}
 fn start() -> usize {
     2
+}
+fn eval_steps() -> usize {
+    11
 }
 fn terminate() -> f64 {
     0.025
@@ -114,7 +178,24 @@ fn terminate() -> f64 {
 
 impl Default for LlmEnvConfig {
     fn default() -> Self {
-        LlmEnvConfig { batch: batch(), start: start(), terminate: terminate(), max_steps: 0 }
+        LlmEnvConfig { batch: batch(), slate: slate(), start: start(), terminate: terminate(), max_steps: 0, eval_steps: eval_steps() }
+    }
+}
+
+impl LlmEnvConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch == 0 || self.slate == 0 || self.start == 0 || self.eval_steps == 0 {
+            return Err("batch, slate, start and eval_steps must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.terminate) {
+            return Err("terminate must be in [0, 1]".into());
+        }
+        Ok(())
+    }
+
+    /// The evaluation's settings: `users` users, episodes of exactly `eval_steps` steps.
+    pub fn evaluation(&self, users: usize) -> LlmEnvConfig {
+        LlmEnvConfig { batch: users, terminate: 0.0, max_steps: self.eval_steps, ..*self }
     }
 }
 
@@ -167,20 +248,57 @@ impl LlmEnv {
         Tensor::from_slice(&v).view([self.cfg.batch as i64, 1 + 2 * h as i64])
     }
 
-    /// One item per slot (1..=items): the rewards and which episodes ended
-    /// (those slots hold new users afterwards).
-    pub fn step(&mut self, items: &[i64]) -> Result<(Vec<f32>, Vec<bool>), String> {
-        if items.len() != self.cfg.batch || items.iter().any(|&i| i < 1 || i > self.world.items() as i64) {
-            return Err(format!("an action is {} item ids in 1..={}", self.cfg.batch, self.world.items()));
+    pub fn config(&self) -> &LlmEnvConfig {
+        &self.cfg
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Each slot's state `[B, 3d]` from the item features: the mean features
+    /// of the items they liked, of those they did not, and of the last item
+    /// they saw (as KuaiSim's user state is three encodings wide).
+    pub fn user_state(&self) -> Tensor {
+        let (b, n1) = (self.cfg.batch, self.world.items() + 1);
+        let mut w = vec![0f32; 3 * b * n1];
+        for (k, h) in self.history.iter().enumerate() {
+            let liked = h.iter().filter(|x| x.1 > 0.5).count();
+            for &(item, y) in h {
+                let (m, count) = if y > 0.5 { (0, liked) } else { (1, h.len() - liked) };
+                w[(m * b + k) * n1 + item as usize] += 1.0 / count as f32;
+            }
+            if let Some(&(item, _)) = h.last() {
+                w[(2 * b + k) * n1 + item as usize] = 1.0;
+            }
         }
-        let (mut rewards, mut done) = (Vec::new(), Vec::new());
-        for (k, &item) in items.iter().enumerate() {
-            let coin = draw(self.seed, 1, self.t, k as u64) < 0.5;
-            let r = if self.world.engaged(self.user[k], &self.history[k], item, coin) { 1.0 } else { 0.0 };
-            self.history[k].push((item, r));
+        let f = &self.world.features;
+        let w = Tensor::from_slice(&w).view([3, b as i64, n1 as i64]).to_device(f.device());
+        w.matmul(f).permute([1, 0, 2]).reshape([b as i64, -1])
+    }
+
+    /// `slate` items per slot, slot by slot (1..=items): each item's
+    /// engagement, judged on the slot's history before this step, and which
+    /// episodes ended (those slots hold new users afterwards).
+    pub fn step(&mut self, items: &[i64]) -> Result<(Vec<f32>, Vec<bool>), String> {
+        let (b, s) = (self.cfg.batch, self.cfg.slate);
+        if items.len() != b * s || items.iter().any(|&i| i < 1 || i > self.world.items() as i64) {
+            return Err(format!("an action is {b} users × {s} item ids in 1..={}", self.world.items()));
+        }
+        let (mut rewards, mut done) = (Vec::with_capacity(b * s), Vec::with_capacity(b));
+        for (k, slate) in items.chunks_exact(s).enumerate() {
+            let judged: Vec<f32> = slate
+                .iter()
+                .enumerate()
+                .map(|(j, &item)| {
+                    let coin = draw(self.seed, 1, self.t, (k * s + j) as u64) < 0.5;
+                    if self.world.engaged(self.user[k], &self.history[k], item, coin) { 1.0 } else { 0.0 }
+                })
+                .collect();
+            self.history[k].extend(slate.iter().copied().zip(judged.iter().copied()));
             self.steps[k] += 1;
             let end = (self.cfg.max_steps > 0 && self.steps[k] >= self.cfg.max_steps) || draw(self.seed, 2, self.t, k as u64) < self.cfg.terminate;
-            rewards.push(r);
+            rewards.extend(judged);
             done.push(end);
             if end {
                 self.arrive(k);
@@ -228,5 +346,71 @@ impl LlmEnv {
         self.t = meta[0] as u64;
         self.drawn = meta[1] as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three users, three items; items 1 and 2 analysed, item 3 not.
+    fn world(dir: &std::path::Path) -> Rc<World> {
+        let rows = "user_id,item_id,rating,timestamp\nu1,a,5,1\nu1,b,1,2\nu1,c,5,3\nu2,b,4,1\nu2,c,2,2\nu2,a,1,3\nu3,a,5,1\n";
+        std::fs::write(dir.join("i.csv"), rows).unwrap();
+        let analysis = [
+            r#"{"item_id": "a", "pros": "tasty", "cons": "slow", "pros_keywords": ["tasty"], "cons_keywords": ["slow"], "category": "pizza"}"#,
+            r#"{"item_id": "b", "pros": "cheap", "cons": "loud", "pros_keywords": ["cheap", "quick"], "cons_keywords": ["loud"], "category": "bar"}"#,
+        ];
+        std::fs::write(dir.join("a.jsonl"), analysis.join("\n")).unwrap();
+        let spec = WorldSpec { interactions: dir.join("i.csv"), analysis: dir.join("a.jsonl"), embedder: None, sasrec: None, positive_at: 4.0 };
+        Rc::new(World::load(&spec, 2, Device::Cpu).unwrap())
+    }
+
+    fn row(t: &Tensor, i: i64) -> Vec<f32> {
+        Vec::try_from(t.get(i)).unwrap()
+    }
+
+    #[test]
+    fn features_state_and_slates_follow_the_histories() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = world(dir.path());
+        let f = w.features();
+        assert_eq!(f.size(), [4, WORD_BUCKETS as i64]);
+        // Analysed items have unit rows; the padding item and item c (no analysis) are zero.
+        for (i, norm) in [(0, 0.0), (1, 1.0), (2, 1.0), (3, 0.0)] {
+            assert!((row(f, i).iter().map(|x| x * x).sum::<f32>().sqrt() - norm).abs() < 1e-6, "item {i}");
+        }
+        let cfg = LlmEnvConfig { batch: 2, slate: 2, ..Default::default() };
+        let mut env = LlmEnv::new(w.clone(), cfg, 7);
+        // The state: mean liked features, mean disliked, the last item's.
+        let state = env.user_state();
+        assert_eq!(state.size(), [2, 3 * WORD_BUCKETS as i64]);
+        for k in 0..2 {
+            let h = &env.history[k];
+            let mean = |liked: bool| -> Vec<f32> {
+                let picked: Vec<i64> = h.iter().filter(|x| (x.1 > 0.5) == liked).map(|x| x.0).collect();
+                (0..WORD_BUCKETS).map(|j| picked.iter().map(|&i| row(f, i)[j]).sum::<f32>() / picked.len().max(1) as f32).collect()
+            };
+            let want: Vec<f32> = [mean(true), mean(false), row(f, h.last().unwrap().0)].concat();
+            let got = row(&state, k as i64);
+            assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-6), "slot {k}: {h:?}");
+        }
+        // A slate of 2 per user: both items join the history, judged on the history before.
+        let before: Vec<usize> = env.history.iter().map(Vec::len).collect();
+        let saved = env.to_named();
+        let (r, done) = env.step(&[3, 1, 2, 3]).unwrap();
+        assert_eq!((r.len(), done.len()), (4, 2));
+        for k in 0..2 {
+            if !done[k] {
+                assert_eq!(env.history[k].len(), before[k] + 2);
+                assert_eq!(env.history[k][before[k]..].iter().map(|x| x.0).collect::<Vec<_>>(), [[3, 1], [2, 3]][k]);
+            }
+        }
+        // A restored environment takes the same step to the same outcome.
+        let mut again = LlmEnv::new(w.clone(), cfg, 7);
+        again.load(&saved.into_iter().collect()).unwrap();
+        assert_eq!(again.step(&[3, 1, 2, 3]).unwrap(), (r, done));
+        assert!(env.step(&[1, 2, 3]).unwrap_err().contains("2 users × 2 item ids in 1..=3"));
+        assert!(env.step(&[1, 2, 3, 4]).is_err());
     }
 }

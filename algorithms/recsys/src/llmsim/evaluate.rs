@@ -89,6 +89,12 @@ impl Panel {
         self.analyses.iter().filter(|a| a.is_some()).count()
     }
 
+    /// Item `item`'s (1-based) analysis and pros/cons embeddings, where present.
+    pub fn item(&self, item: i64) -> (Option<&ItemAnalysis>, Option<(&[f32], &[f32])>) {
+        let i = (item - 1) as usize;
+        (self.analyses.get(i).and_then(Option::as_ref), self.embeddings.get(i).and_then(Option::as_ref).map(|(p, c)| (p.as_slice(), c.as_slice())))
+    }
+
     /// The voters on `item` (1-based) for `user` after `history` ((item, liked)
     /// pairs, oldest first); None when the item has no analysis.
     pub fn verdict(&self, user: usize, history: &[(i64, f32)], item: i64) -> Option<Verdict> {
