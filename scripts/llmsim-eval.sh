@@ -99,10 +99,12 @@ for seed in (1, 2, 3):
     ev = evals(f"dqn-{seed}")
     print("| %d | %s | %.3f |" % (seed, " / ".join("%.3f" % e["engagement"] for e in ev), ev[-1]["random_engagement"]))
 print()
-print("| agent | engagement at steps 500 / 1000 / 1500 / 2000, seeds 1 / 2 / 3 | mean at 2000 |")
-print("|---|---|---|")
+print("| agent | engagement at steps 500 / 1000 / 1500 / 2000, seeds 1 / 2 / 3 | mean, last evaluation | distinct items per step, last evaluation |")
+print("|---|---|---|---|")
 for algo in ("cf", "listcvae", "random"):
-    curves = [[e["avg_l_reward"] for e in evals(f"{algo}-{seed}")] for seed in (1, 2, 3)]
-    text = "; ".join(" / ".join("%.3f" % x for x in c) for c in curves)
-    print("| kuaisim.%s | %s | %.3f |" % (algo, text, sum(c[-1] for c in curves) / 3))
+    runs = [evals(f"{algo}-{seed}") for seed in (1, 2, 3)]
+    text = "; ".join(" / ".join("%.3f" % e["avg_l_reward"] for e in ev) for ev in runs)
+    coverage = ", ".join("%.1f" % ev[-1]["coverage"] for ev in runs)
+    print("| kuaisim.%s | %s | %.3f | %s |" % (algo, text, sum(ev[-1]["avg_l_reward"] for ev in runs) / 3, coverage))
+print("| llmsim.dqn (its own users) | | %.3f | |" % (sum(evals(f"dqn-{seed}")[-1]["engagement"] for seed in (1, 2, 3)) / 3))
 PY

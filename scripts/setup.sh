@@ -19,6 +19,19 @@ ST_VERSION=6.2.0
 
 say() { printf '[setup] %s\n' "$*"; }
 
+# s3s-fs is pure Rust (it links only libc), so it compiles while the Debian
+# packages and the wheels below download: on a fresh machine that hides most
+# of its build behind the network.
+s3s_pid=""
+if [ ! -x .tools/bin/s3s-fs ]; then
+  say "building the s3s-fs S3 server $S3S_FS_VERSION into .tools/ in the background (once; log: .tools/s3s-fs-build.log)"
+  mkdir -p .tools
+  cargo install --quiet --locked --root .tools "s3s-fs@$S3S_FS_VERSION" --features binary >.tools/s3s-fs-build.log 2>&1 &
+  s3s_pid=$!
+  # Setup stopped by an error below: the build stops too.
+  trap '[ -z "$s3s_pid" ] || kill "$s3s_pid" 2>/dev/null || true' EXIT
+fi
+
 missing=()
 for pkg in openmpi-bin libopenmpi-dev libclang-dev pkg-config g++ python3-venv procps fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -55,8 +68,11 @@ fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" .venv/libtorch
 
-if [ ! -x .tools/bin/s3s-fs ]; then
-  say "building the s3s-fs S3 server $S3S_FS_VERSION into .tools/ (once)"
-  cargo install --quiet --locked --root .tools "s3s-fs@$S3S_FS_VERSION" --features binary
+if [ -n "$s3s_pid" ] && ! wait "$s3s_pid"; then
+  cat .tools/s3s-fs-build.log >&2
+  say "building s3s-fs failed (the log is above); rerun scripts/setup.sh to try again"
+  s3s_pid=""
+  exit 1
 fi
+s3s_pid=""
 say "ready: mpirun $(mpirun --version 2>/dev/null | head -n1 | awk '{print $NF}'), torch $TORCH_VERSION, transformers $TRANSFORMERS_VERSION, scikit-learn $SKLEARN_VERSION, sentence-transformers $ST_VERSION, s3s-fs $S3S_FS_VERSION"

@@ -120,7 +120,9 @@ fn whole_session_agents_beat_a_random_policy_and_resume_with_their_replay_buffer
     // agent is noisy, and CPU kernels round differently from machine to
     // machine (AVX2 or AVX-512), which moves every trajectory: measured
     // here 1.10-1.39 per agent, 1.2-1.3 on average, over three kernel
-    // choices. Each must beat random; together, by 10%.
+    // choices (the default on AVX-512; ATEN_CPU_CAPABILITY=avx2; that and
+    // MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2). Each must beat
+    // random; together, by 10%.
     let mut ratios = Vec::new();
     for algo in ["kuaisim.ddpg", "kuaisim.td3", "kuaisim.a2c", "kuaisim.hac"] {
         let name = algo.replace('.', "-");

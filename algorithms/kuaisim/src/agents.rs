@@ -1242,6 +1242,8 @@ pub fn play_request(env: &mut dyn RequestEnv, users: usize, policy: impl Fn(&Ten
             }
             rep.r_mrr += mrr;
         }
+        // A finished slot holds a new user afterwards; at KuaiSim's request
+        // level the whole batch finishes together.
         served += out.done.iter().filter(|&&d| d).count();
     }
     Ok(rep)

@@ -260,21 +260,29 @@ impl LlmEnv {
     /// of the items they liked, of those they did not, and of the last item
     /// they saw (as KuaiSim's user state is three encodings wide).
     pub fn user_state(&self) -> Tensor {
-        let (b, n1) = (self.cfg.batch, self.world.items() + 1);
-        let mut w = vec![0f32; 3 * b * n1];
+        let b = self.cfg.batch;
+        // Each history entry adds its weighted feature row to one of 3·B
+        // accumulators (liked, disliked, last; by slot).
+        let (mut rows, mut into, mut weight) = (Vec::new(), Vec::new(), Vec::new());
         for (k, h) in self.history.iter().enumerate() {
             let liked = h.iter().filter(|x| x.1 > 0.5).count();
             for &(item, y) in h {
                 let (m, count) = if y > 0.5 { (0, liked) } else { (1, h.len() - liked) };
-                w[(m * b + k) * n1 + item as usize] += 1.0 / count as f32;
+                rows.push(item);
+                into.push((m * b + k) as i64);
+                weight.push(1.0 / count as f32);
             }
             if let Some(&(item, _)) = h.last() {
-                w[(2 * b + k) * n1 + item as usize] = 1.0;
+                rows.push(item);
+                into.push((2 * b + k) as i64);
+                weight.push(1.0);
             }
         }
         let f = &self.world.features;
-        let w = Tensor::from_slice(&w).view([3, b as i64, n1 as i64]).to_device(f.device());
-        w.matmul(f).permute([1, 0, 2]).reshape([b as i64, -1])
+        let d = f.device();
+        let picked = f.index_select(0, &Tensor::from_slice(&rows).to_device(d)) * Tensor::from_slice(&weight).to_device(d).unsqueeze(1);
+        let sums = Tensor::zeros([3 * b as i64, f.size()[1]], (f.kind(), d)).index_add(0, &Tensor::from_slice(&into).to_device(d), &picked);
+        sums.view([3, b as i64, -1]).permute([1, 0, 2]).reshape([b as i64, -1])
     }
 
     /// `slate` items per slot, slot by slot (1..=items): each item's
@@ -329,8 +337,12 @@ impl LlmEnv {
         let ints = |k: &str| -> Result<Vec<i64>, String> { Vec::<i64>::try_from(get(k)?.to_kind(Kind::Int64)).map_err(|e| e.to_string()) };
         let (meta, user, steps, lens, items) = (ints("llm_env.meta")?, ints("llm_env.user")?, ints("llm_env.steps")?, ints("llm_env.lens")?, ints("llm_env.items")?);
         let rewards: Vec<f32> = Vec::try_from(get("llm_env.rewards")?).map_err(|e: tch::TchError| e.to_string())?;
-        if user.len() != self.cfg.batch || meta.len() != 2 || lens.iter().sum::<i64>() as usize != items.len() || items.len() != rewards.len() {
+        if user.len() != self.cfg.batch || steps.len() != user.len() || lens.len() != user.len() || meta.len() != 2 || lens.iter().any(|&n| n < 0) || lens.iter().sum::<i64>() as usize != items.len() || items.len() != rewards.len() {
             return Err(format!("the checkpoint's environment holds {} users; this job's batch is {}", user.len(), self.cfg.batch));
+        }
+        let (n_items, n_users) = (self.world.items() as i64, self.world.users() as i64);
+        if items.iter().any(|&i| i < 1 || i > n_items) || user.iter().any(|&u| u < 0 || u >= n_users) {
+            return Err(format!("the checkpoint's environment names items or users outside this world ({n_items} items, {n_users} users): was it saved with another [world]?"));
         }
         let mut at = 0usize;
         self.history = lens
@@ -410,6 +422,11 @@ mod tests {
         let mut again = LlmEnv::new(w.clone(), cfg, 7);
         again.load(&saved.into_iter().collect()).unwrap();
         assert_eq!(again.step(&[3, 1, 2, 3]).unwrap(), (r, done));
+        // A checkpoint naming items this world lacks is refused, not indexed.
+        let mut bad: BTreeMap<String, Tensor> = env.to_named().into_iter().collect();
+        let n = bad["llm_env.items"].size()[0];
+        bad.insert("llm_env.items".into(), Tensor::full([n], 99i64, (Kind::Int64, Device::Cpu)));
+        assert!(LlmEnv::new(w.clone(), cfg, 7).load(&bad).unwrap_err().contains("another [world]"));
         assert!(env.step(&[1, 2, 3]).unwrap_err().contains("2 users × 2 item ids in 1..=3"));
         assert!(env.step(&[1, 2, 3, 4]).is_err());
     }

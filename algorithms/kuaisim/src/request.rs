@@ -46,7 +46,8 @@ pub struct Shown {
     pub done: Vec<bool>,
     /// Distinct items shown over the batch.
     pub coverage: usize,
-    /// 1 − the mean cosine similarity of a slate's items to each other.
+    /// 1 − the mean cosine similarity of a slate's items to each other (an
+    /// LLM-world item without an analysis has zero features: unlike any other).
     pub ild: f64,
 }
 
@@ -145,11 +146,16 @@ impl Place {
                 Ok(Place::KuaiSim { simulator: simulator.clone(), env })
             }
             (None, Some(world)) => {
-                let env: LlmEnvConfig = env.as_ref().map(parse_config).transpose().map_err(in_env)?.unwrap_or_default();
+                let kuaisim_key = |e: ConfigError| match e.message.starts_with("unknown field `level`") {
+                    true => ConfigError::new(e.path, "`level` is a KuaiSim setting; the LLM simulator's [algorithm.env] takes batch, slate, start, terminate, max_steps and eval_steps"),
+                    false => e,
+                };
+                let env: LlmEnvConfig = env.as_ref().map(parse_config).transpose().map_err(|e| in_env(kuaisim_key(e)))?.unwrap_or_default();
                 env.check().map_err(|m| ConfigError::new("env", m))?;
                 Ok(Place::Llm { world: world.clone(), env })
             }
-            _ => Err(ConfigError::new("simulator", "name exactly one simulator: simulator = \"<a kuaisim.response export>\" (KuaiSim) or an [algorithm.world] table (the LLM-powered user simulator)")),
+            (Some(_), Some(_)) => Err(ConfigError::new("simulator", "both simulator (KuaiSim) and [algorithm.world] (the LLM-powered user simulator) are given; keep one")),
+            (None, None) => Err(ConfigError::new("simulator", "no simulator: give simulator = \"<a kuaisim.response export>\" (KuaiSim) or an [algorithm.world] table (the LLM-powered user simulator)")),
         }
     }
 
@@ -164,13 +170,6 @@ impl Place {
         }
         Ok(place)
     }
-
-    pub fn slate(&self) -> usize {
-        match self {
-            Place::KuaiSim { env, .. } => env.slate,
-            Place::Llm { env, .. } => env.slate,
-        }
-    }
 }
 
 /// A loaded [`Place`]: the simulator, shared by the environments a rank makes.
@@ -181,10 +180,14 @@ pub enum Simulated {
 
 impl Simulated {
     pub fn load(place: &Place, device: Device) -> Result<Simulated, String> {
-        Ok(match place {
+        let loaded = match place {
             Place::KuaiSim { simulator, env } => Simulated::KuaiSim { sim: Arc::new(Simulator::load_for(simulator, env, device).map_err(|e| format!("simulator: {e}"))?), env: env.clone() },
             Place::Llm { world, env } => Simulated::Llm { world: Rc::new(World::load(world, env.start, device).map_err(|e| format!("world: {e}"))?), env: *env },
-        })
+        };
+        if loaded.slate() > loaded.item_count() {
+            return Err(format!("env.slate is {} but the simulator has only {} items; set slate <= {}", loaded.slate(), loaded.item_count(), loaded.item_count()));
+        }
+        Ok(loaded)
     }
 
     /// A training environment of this rank (`seed` keys its users and draws).
@@ -256,8 +259,8 @@ mod tests {
     fn a_job_names_exactly_one_simulator_and_its_env_table_is_read_for_it() {
         let sim = Some(PathBuf::from("sim"));
         let world: Option<WorldSpec> = Some(toml::from_str("interactions = \"i.csv\"\nanalysis = \"a.jsonl\"").unwrap());
-        assert_eq!(Place::parse(&None, &None, &None, None).unwrap_err().path, "simulator");
-        assert_eq!(Place::parse(&sim, &world, &None, None).unwrap_err().path, "simulator");
+        assert!(Place::parse(&None, &None, &None, None).unwrap_err().message.starts_with("no simulator"));
+        assert!(Place::parse(&sim, &world, &None, None).unwrap_err().message.starts_with("both simulator"));
         // KuaiSim: the level is required unless the agent has a default.
         assert_eq!(Place::parse(&sim, &None, &None, None).unwrap_err().path, "env");
         assert!(matches!(Place::parse(&sim, &None, &None, Some(Level::Request)).unwrap(), Place::KuaiSim { env, .. } if env.level == Level::Request));
@@ -265,7 +268,9 @@ mod tests {
         assert_eq!((e.path.as_str(), e.message.as_str()), ("env.level", "CF recommends single requests: level = \"request\""));
         // The LLM world reads [env] as its own settings, and names a bad key inside it.
         assert!(matches!(Place::parse(&None, &world, &value("batch = 4\nslate = 3"), None).unwrap(), Place::Llm { env, .. } if env.batch == 4 && env.slate == 3 && env.start == 2));
-        assert_eq!(Place::parse(&None, &world, &value("level = \"request\""), None).unwrap_err().message, "unknown field `level`, expected one of `batch`, `slate`, `start`, `terminate`, `max_steps`, `eval_steps`");
+        let e = Place::parse(&None, &world, &value("level = \"request\""), None).unwrap_err();
+        assert!(e.path == "env.level" && e.message.starts_with("`level` is a KuaiSim setting"), "{e:?}");
+        assert!(Place::parse(&None, &world, &value("slates = 2"), None).unwrap_err().message.starts_with("unknown field `slates`"));
         assert_eq!(Place::parse(&None, &world, &value("slate = 0"), None).unwrap_err().path, "env");
         assert_eq!(Place::parse(&None, &world, &value("batch = \"x\""), None).unwrap_err().path, "env.batch");
     }
