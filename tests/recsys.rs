@@ -108,9 +108,16 @@ fn the_gathered_auc_equals_a_single_process_auc_exactly() {
     assert_eq!(params(dir.path(), "auc1", 1).len(), params(dir.path(), "auc3", 1).len());
     let d = max_diff(&params(dir.path(), "auc1", 1), &params(dir.path(), "auc3", 1));
     assert!(d < 1e-20, "the parameters must be (all but) identical for this test: {d}");
-    for k in ["auc_task0", "auc_task1", "auc_d0_task0", "auc_d1_task1", "logloss_task0", "mean_cell_auc"] {
+    for k in ["auc_task0", "auc_task1", "auc_d0_task0", "auc_d1_task1", "mean_cell_auc"] {
         assert_eq!(a[k], b[k], "{k}: 1 vs 2 ranks");
         assert_eq!(a[k], c[k], "{k}: 1 vs 3 ranks");
+    }
+    // A score can differ in its last bit with the shard's batch size on some
+    // CPU kernels (MKL held to AVX2: 3e-11 in the log-loss): the order, and
+    // so the AUCs, stay exact; the log-loss is equal to 1e-9.
+    for other in [&b, &c] {
+        let (x, y) = (a["logloss_task0"].as_f64().unwrap(), other["logloss_task0"].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-9, "logloss_task0: {x} vs {y}");
     }
 }
 
