@@ -146,9 +146,10 @@ impl Place {
                 Ok(Place::KuaiSim { simulator: simulator.clone(), env })
             }
             (None, Some(world)) => {
-                let kuaisim_key = |e: ConfigError| match e.message.starts_with("unknown field `level`") {
-                    true => ConfigError::new(e.path, "`level` is a KuaiSim setting; the LLM simulator's [algorithm.env] takes batch, slate, start, terminate, max_steps and eval_steps"),
-                    false => e,
+                // serde's message lists the keys LlmEnvConfig takes ("expected one of ...").
+                let kuaisim_key = |e: ConfigError| match (e.message.starts_with("unknown field `level`"), e.message.split_once("expected ")) {
+                    (true, Some((_, keys))) => ConfigError::new(e.path.clone(), format!("`level` is a KuaiSim setting; the LLM simulator's [algorithm.env] takes {keys}")),
+                    _ => e,
                 };
                 let env: LlmEnvConfig = env.as_ref().map(parse_config).transpose().map_err(|e| in_env(kuaisim_key(e)))?.unwrap_or_default();
                 env.check().map_err(|m| ConfigError::new("env", m))?;
@@ -269,7 +270,7 @@ mod tests {
         // The LLM world reads [env] as its own settings, and names a bad key inside it.
         assert!(matches!(Place::parse(&None, &world, &value("batch = 4\nslate = 3"), None).unwrap(), Place::Llm { env, .. } if env.batch == 4 && env.slate == 3 && env.start == 2));
         let e = Place::parse(&None, &world, &value("level = \"request\""), None).unwrap_err();
-        assert!(e.path == "env.level" && e.message.starts_with("`level` is a KuaiSim setting"), "{e:?}");
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("env.level", "`level` is a KuaiSim setting; the LLM simulator's [algorithm.env] takes one of `batch`, `slate`, `start`, `terminate`, `max_steps`, `eval_steps`"));
         assert!(Place::parse(&None, &world, &value("slates = 2"), None).unwrap_err().message.starts_with("unknown field `slates`"));
         assert_eq!(Place::parse(&None, &world, &value("slate = 0"), None).unwrap_err().path, "env");
         assert_eq!(Place::parse(&None, &world, &value("batch = \"x\""), None).unwrap_err().path, "env.batch");
